@@ -1,0 +1,16 @@
+"""Command-line interface: `symaudit COMMAND --help` explains each command.
+
+Command modules register themselves on the shared typer app when imported; keep their
+top-level imports light (torch is imported inside the commands) so `--help` is fast.
+"""
+
+from symaudit.cli._app import app
+
+# Each import below registers one command (or a few) on `app`.
+# (command modules are added here as they are written)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    app()

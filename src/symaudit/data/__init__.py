@@ -1,0 +1,1 @@
+"""symaudit.data"""
