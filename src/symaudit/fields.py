@@ -66,7 +66,9 @@ class FieldLayout:
                 comps[c.component] = i
         for v, comps in vectors.items():
             if set(comps) != set(_AXES):
-                raise LayoutError(f"vector {v!r} needs both x and y components, has {sorted(comps)}")
+                raise LayoutError(
+                    f"vector {v!r} needs both x and y components, has {sorted(comps)}"
+                )
         self._channels = channels
         self._vectors = {v: (comps["x"], comps["y"]) for v, comps in vectors.items()}
 
