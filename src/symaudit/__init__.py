@@ -5,7 +5,8 @@ Public surface (see README): `FieldLayout`, `SMSE`, and the subpackages `physics
 """
 
 from symaudit.fields import Channel, FieldLayout, LayoutError
+from symaudit.training.loss import SMSE
 
 __version__ = "0.1.0"
 
-__all__ = ["Channel", "FieldLayout", "LayoutError", "__version__"]
+__all__ = ["SMSE", "Channel", "FieldLayout", "LayoutError", "__version__"]
