@@ -1,0 +1,136 @@
+"""Batched preconditioned CG and the Nyström preconditioner on dense SPD matrices."""
+
+import warnings
+
+import pytest
+import torch
+
+from symaudit.diagnostics.krylov import ConvergenceWarning, NystromPreconditioner, cg
+
+
+def _spd(n: int, decay: float, mu: float, seed: int = 0, rank: int | None = None):
+    """Q diag(lam) Q^T + mu I with lam_i = decay^i (optionally only `rank` nonzero)."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64)).Q
+    lam = decay ** torch.arange(n, dtype=torch.float64)
+    if rank is not None:
+        lam[rank:] = 0
+    eta = (Q * lam) @ Q.T
+    eta = 0.5 * (eta + eta.T)
+    return eta, eta + mu * torch.eye(n, dtype=torch.float64), lam
+
+
+def _true_rel_res(A, X, B):
+    return (A @ X - B).norm(dim=0) / B.norm(dim=0)
+
+
+def test_each_column_reaches_its_true_relative_residual():
+    _, A, _ = _spd(200, 0.95, 1e-3)
+    B = torch.randn(200, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    B[:, 2] *= 1e4  # very different scales must not share a stopping test
+    X, rep = cg(lambda V: A @ V, B, rtol=1e-4, max_iter=1000)
+    true = _true_rel_res(A, X, B)
+    assert rep.all_converged
+    assert (true <= 1e-4).all()
+    assert torch.allclose(torch.tensor(rep.residuals, dtype=torch.float64), true, rtol=1e-6)
+    Xs = torch.linalg.solve(A, B)
+    # error bound from the residual: ||x - x*|| <= ||A^{-1}|| ||r||
+    assert ((X - Xs).norm(dim=0) <= (A @ X - B).norm(dim=0) / 1e-3 * 1.001).all()
+
+
+def test_each_column_stops_on_its_own():
+    """Own alpha/beta and own stopping test per column (not block CG): an eigenvector column
+    converges in one step while the others go on; a column solved alone matches."""
+    _, A, _ = _spd(120, 0.9, 1e-2, seed=2)
+    B = torch.randn(120, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    B[:, 0] = torch.linalg.eigh(A).eigenvectors[:, -1]
+    X, rep = cg(lambda V: A @ V, B, rtol=1e-6, max_iter=500)
+    assert rep.iterations[0] == 1 and min(rep.iterations[1:]) > 10
+    for j in range(1, 4):
+        xj, rj = cg(lambda V: A @ V, B[:, j], rtol=1e-6, max_iter=500)
+        assert abs(rj.iterations[0] - rep.iterations[j]) <= 1  # rounding may shift one step
+        assert torch.allclose(xj, X[:, j], rtol=1e-5, atol=1e-8)
+
+
+def test_non_convergence_is_loud_and_recorded():
+    _, A, _ = _spd(200, 0.97, 1e-4)
+    B = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(ConvergenceWarning, match="did not converge for 3 of 3 columns"):
+        X, rep = cg(lambda V: A @ V, B, rtol=1e-6, max_iter=2)
+    assert rep.converged == [False] * 3
+    assert rep.iterations == [2, 2, 2]
+    assert torch.allclose(
+        torch.tensor(rep.residuals, dtype=torch.float64), _true_rel_res(A, X, B), rtol=1e-8
+    )
+    assert min(rep.residuals) > 1e-6
+
+
+def test_drifted_recurrence_is_caught_by_the_true_residual():
+    """All in float32 at rtol 1e-6 (below what float32 can attain at condition number 1e3):
+    the recursive residual falls below rtol while the true one does not. Such columns must be
+    restarted, not declared converged, and the reported residual is the true one."""
+    _, A, _ = _spd(100, 0.9, 1e-3, seed=5)
+    B = torch.randn(100, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    A32 = A.float()
+    with pytest.warns(ConvergenceWarning):
+        X, rep = cg(lambda V: A32 @ V, B.float(), rtol=1e-6, max_iter=300)
+    true = _true_rel_res(A, X.double(), B)
+    assert rep.converged == [False, False]
+    assert rep.restarts > 0  # the recursive estimate claimed convergence and was overruled
+    assert (true > 1e-6).all()
+    assert torch.allclose(torch.tensor(rep.residuals, dtype=torch.float64), true, rtol=0.2)
+
+
+def test_zero_rhs_and_bad_arguments():
+    _, A, _ = _spd(30, 0.8, 1e-2)
+    B = torch.randn(30, 2, dtype=torch.float64)
+    B[:, 1] = 0
+    X, rep = cg(lambda V: A @ V, B, rtol=1e-8)
+    assert rep.converged == [True, True] and (X[:, 1] == 0).all()
+    with pytest.raises(ValueError, match="rtol"):
+        cg(lambda V: A @ V, B, rtol=0)
+    with pytest.raises(ValueError, match="max_iter"):
+        cg(lambda V: A @ V, B, max_iter=0)
+    B[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        cg(lambda V: A @ V, B)
+    with pytest.raises(ValueError, match="positive definite"):
+        cg(lambda V: -(A @ V), torch.randn(30, 1, dtype=torch.float64))
+
+
+def test_nystrom_exact_for_low_rank_metric():
+    """eta of rank 10 sketched with rank 20: P^{-1} chi = mu I, so PCG needs one iteration."""
+    mu = 1e-3
+    eta, A, lam = _spd(300, 0.5, mu, rank=10)
+    pc = NystromPreconditioner(lambda V: eta @ V, 300, 20, mu)
+    assert torch.allclose(pc.eigenvalues[:10], lam[:10], rtol=1e-8)
+    assert (pc.eigenvalues[10:] <= 1e-10).all()
+    B = torch.randn(300, 4, dtype=torch.float64)
+    X, rep = cg(lambda V: A @ V, B, rtol=1e-8, preconditioner=pc)
+    assert rep.all_converged and max(rep.iterations) == 1
+    Pinv_A = pc(A)
+    assert torch.allclose(Pinv_A, mu * torch.eye(300, dtype=torch.float64), atol=1e-9)
+
+
+def test_nystrom_cuts_iterations_on_a_decaying_spectrum():
+    mu = 1e-6
+    eta, A, lam = _spd(400, 0.9, mu, seed=7)
+    B = torch.randn(400, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    _, plain = cg(lambda V: A @ V, B, rtol=5e-3, max_iter=2000)
+    pc = NystromPreconditioner(lambda V: eta @ V, 400, 100, mu, seed=1)
+    # the sketch captures the top of the spectrum
+    assert torch.allclose(pc.eigenvalues[:10], lam[:10], rtol=1e-3)
+    X, pre = cg(lambda V: A @ V, B, rtol=5e-3, max_iter=2000, preconditioner=pc)
+    assert plain.all_converged and pre.all_converged
+    assert (_true_rel_res(A, X, B) <= 5e-3).all()
+    assert max(pre.iterations) * 10 <= min(plain.iterations)
+    # preconditioner is SPD
+    M = pc(torch.eye(400, dtype=torch.float64))
+    assert torch.allclose(M, M.T, atol=1e-12) and torch.linalg.eigvalsh(M).min() > 0
+
+
+def test_no_warning_when_converged():
+    _, A, _ = _spd(50, 0.8, 1e-2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cg(lambda V: A @ V, torch.ones(50, 2, dtype=torch.float64), rtol=1e-6)
