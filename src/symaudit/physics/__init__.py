@@ -1,5 +1,6 @@
 """symaudit.physics: the compressible-Euler data engine (solver and initial conditions)."""
 
+from symaudit.physics import initial_conditions as initial_conditions
 from symaudit.physics.euler import (
     InvalidStateError,
     SolverError,

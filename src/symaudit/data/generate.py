@@ -1,0 +1,336 @@
+"""Resumable, deterministic generation of compressible-Euler datasets.
+
+`generate(settings, out)` samples initial conditions (`symaudit.physics.initial_conditions`),
+evolves them with `symaudit.physics.euler.evolve`, and writes a dataset file
+(`symaudit.data.store`). The work happens in ``OUT.partial`` beside the output: trajectories
+are evolved in batches aligned to global indices, each batch's fields and parameters are
+flushed before its entries of the ``done`` mask are set, and the finished file is moved to
+``OUT`` with `os.replace`. Killed at any moment and rerun with the same settings, generation
+continues from the ``done`` mask and yields a file whose ``fields`` are bitwise identical to an
+uninterrupted run (every trajectory has its own IC generator and, per the solver contract, its
+own time step, so results do not depend on batching).
+
+A partial file written with different settings is never mixed with new data: rerunning raises
+`GenerationError` naming the differing settings (``overwrite=True`` restarts from scratch).
+An existing complete output is only replaced with ``overwrite=True``, and only once the new
+file is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from symaudit.data.stats import RunningRMS
+from symaudit.data.store import create_file
+from symaudit.fields import FieldLayout
+from symaudit.physics import initial_conditions as ics
+
+__all__ = ["GenerationError", "GenerationSettings", "generate", "partial_path"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class GenerationError(RuntimeError):
+    """Generation cannot proceed (bad settings, conflicting files, or a solver failure)."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Everything that determines a dataset's contents.
+
+    ``dtype`` is the simulation precision (fields are always stored as float32); ``device``
+    is where the solver runs. Batch size is not a setting: it does not change the data.
+    """
+
+    kind: str
+    trajectories: int
+    resolution: int
+    snapshots: int = 21
+    t_final: float = 1.0
+    seed: int = 0
+    supersample: int = 1
+    dtype: str = "float64"
+    device: str = "cpu"
+    gamma: float = 1.4
+    cfl: float = 0.4
+
+    def validate(self) -> None:
+        """Raise `ValueError` naming the first invalid setting."""
+        if self.kind not in ics.KINDS:
+            raise ValueError(f"unknown kind {self.kind!r}; choose one of {', '.join(ics.KINDS)}")
+        for name in ("trajectories", "resolution", "snapshots", "supersample"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.resolution < 4:
+            raise ValueError(f"resolution must be at least 4, got {self.resolution}")
+        if self.snapshots < 2:
+            raise ValueError(
+                f"snapshots must be at least 2 (t = 0 and t_final), got {self.snapshots}"
+            )
+        if not (math.isfinite(self.t_final) and self.t_final > 0):
+            raise ValueError(f"t_final must be a positive number, got {self.t_final!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+        if not (math.isfinite(self.gamma) and self.gamma > 1):
+            raise ValueError(f"gamma must be > 1, got {self.gamma!r}")
+        if not (math.isfinite(self.cfl) and 0 < self.cfl <= 1):
+            raise ValueError(f"cfl must be in (0, 1], got {self.cfl!r}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid device {self.device!r}: {exc}") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but torch reports no CUDA device")
+
+    def times(self) -> torch.Tensor:
+        """Output times `(snapshots,)` float64, uniform on [0, t_final]."""
+        return torch.linspace(0.0, self.t_final, self.snapshots, dtype=torch.float64)
+
+    def fingerprint(self) -> dict:
+        """The settings as stored in (and compared against) a partial or final file. The
+        device is reduced to its type: different GPUs of one kind give the same bits."""
+        d = asdict(self)
+        d["device"] = torch.device(self.device).type
+        return d
+
+
+def partial_path(out: str | os.PathLike) -> Path:
+    """Where `generate` works before the atomic rename: ``OUT.partial`` beside ``OUT``."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def _metadata(settings: GenerationSettings) -> dict:
+    from symaudit import __version__
+
+    return {
+        "gamma": settings.gamma,
+        "domain": "periodic unit square [0, 1]^2",
+        "boundary": "periodic",
+        "grid": "cell centres x_j = (j + 1/2)/W, y_i = (i + 1/2)/H; axis -1 is x, axis -2 is y",
+        "ic_kind": settings.kind,
+        "ic_distribution": ics.DISTRIBUTIONS[settings.kind],
+        "seed": settings.seed,
+        "t_final": settings.t_final,
+        "solver": {
+            "name": "symaudit.physics.euler.evolve",
+            "cfl": settings.cfl,
+            "supersample": settings.supersample,
+            "dtype": settings.dtype,
+            "device": torch.device(settings.device).type,
+        },
+        "generation": settings.fingerprint(),
+        "package_version": __version__,
+    }
+
+
+def _param_shapes(kind: str) -> dict[str, tuple[int, ...]]:
+    probe = ics.sample(kind, 1, 4, seed=0)
+    return {k: tuple(v.shape[1:]) for k, v in probe.params.items()}
+
+
+def _open_partial(path: Path, settings: GenerationSettings) -> h5py.File:
+    try:
+        f = h5py.File(path, "r+")
+    except OSError as exc:
+        raise GenerationError(
+            f"{path} exists but cannot be opened ({exc}); delete it or pass --overwrite to restart"
+        ) from exc
+    try:
+        stored = json.loads(f.attrs["metadata"])["generation"]
+    except (KeyError, ValueError, TypeError):
+        f.close()
+        raise GenerationError(
+            f"{path} is not a symaudit partial dataset; delete it or pass --overwrite"
+        ) from None
+    ours = json.loads(json.dumps(settings.fingerprint()))
+    if stored != ours:
+        diff = ", ".join(
+            f"{k}: file has {stored.get(k)!r}, requested {ours.get(k)!r}"
+            for k in sorted(set(stored) | set(ours))
+            if stored.get(k) != ours.get(k)
+        )
+        f.close()
+        raise GenerationError(
+            f"{path} holds an interrupted run with different settings ({diff}); rerun with the "
+            "same settings to resume it, or pass --overwrite to discard it and restart"
+        )
+    return f
+
+
+def _solver_failure(exc: Exception, first: int, rows: list[int]) -> GenerationError:
+    traj = getattr(exc, "trajectory", None)
+    time = getattr(exc, "time", None)
+    where = ""
+    if isinstance(traj, int) and 0 <= traj < len(rows):
+        where = f"trajectory {first + rows[traj]} (global index)"
+    else:
+        where = f"one of trajectories {first + rows[0]}..{first + rows[-1]} (global indices)"
+    if time is not None:
+        where += f" at t = {float(time):.6g}"
+    return GenerationError(f"solver failed for {where}: {exc}")
+
+
+class _Progress:
+    """rich progress bar: trajectories done, simulated time of the running batch, ETA."""
+
+    def __init__(self, enabled: bool, total: int, done: int, t_final: float) -> None:
+        self.enabled, self.t_final = enabled, t_final
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trajectories"),
+            TextColumn("t = {task.fields[sim_t]:.3f}/{task.fields[t_final]:.3f}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(
+            "generating", total=total, completed=done, sim_t=0.0, t_final=t_final
+        )
+
+    def sim_time(self, t: float) -> None:
+        if self.enabled:
+            self._bar.update(self._task, sim_t=t)
+
+    def batch_done(self, n: int) -> None:
+        if self.enabled:
+            self._bar.update(self._task, advance=n)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._bar.stop()
+
+
+def generate(
+    settings: GenerationSettings,
+    out: str | os.PathLike,
+    *,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Generate (or resume generating) the dataset described by ``settings`` into ``out``.
+
+    Args:
+        settings: what to generate (validated here; invalid values raise `ValueError`).
+        out: final dataset path; work happens in `partial_path(out)`.
+        batch_size: trajectories evolved together (memory/speed only; does not change data).
+        overwrite: replace an existing complete ``out`` / discard a partial file with other
+            settings. Without it both raise `GenerationError`.
+        progress: show a rich progress bar.
+
+    Returns the output path. Solver failures raise `GenerationError` naming the trajectory's
+    global index and the time reached.
+    """
+    settings.validate()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    from symaudit.physics import euler
+
+    out = Path(out)
+    if out.is_dir():
+        raise GenerationError(f"output {out} is a directory; give a file name such as data.h5")
+    if not out.parent.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not overwrite:
+        raise GenerationError(f"{out} already exists; pass --overwrite to replace it")
+    partial = partial_path(out)
+    if partial.exists() and overwrite:
+        partial.unlink()
+    if not partial.exists():
+        tmp = partial.with_name(partial.name + f".tmp-{os.getpid()}")
+        try:
+            create_file(
+                tmp,
+                num_trajectories=settings.trajectories,
+                resolution=(settings.resolution, settings.resolution),
+                times=settings.times(),
+                layout=FieldLayout.euler(),
+                metadata=_metadata(settings),
+                param_shapes=_param_shapes(settings.kind),
+            )
+            os.replace(tmp, partial)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    times = settings.times()
+    dtype, device = _DTYPES[settings.dtype], torch.device(settings.device)
+    k, n = settings.supersample, settings.trajectories
+    with _open_partial(partial, settings) as f:
+        done = f["done"][...].astype(bool)
+        bar = _Progress(progress, n, int(done.sum()), settings.t_final)
+        try:
+            for first in range(0, n, batch_size):
+                last = min(first + batch_size, n)
+                rows = [i for i in range(last - first) if not done[first + i]]
+                if not rows:
+                    continue
+                ic = ics.sample(
+                    settings.kind,
+                    last - first,
+                    settings.resolution * k,
+                    seed=settings.seed,
+                    start=first,
+                    gamma=settings.gamma,
+                    dtype=dtype,
+                    device=device,
+                )
+                try:
+                    traj = euler.evolve(
+                        ic.state[rows],
+                        times.to(device),
+                        gamma=settings.gamma,
+                        cfl=settings.cfl,
+                        supersample=k,
+                        progress=bar.sim_time,
+                    )
+                except euler.SolverError as exc:
+                    raise _solver_failure(exc, first, rows) from exc
+                traj = traj.to("cpu", torch.float32).numpy()
+                for j, i in enumerate(rows):
+                    f["fields"][first + i] = traj[j]
+                    for name, value in ic.params.items():
+                        f["params"][name][first + i] = value[i].numpy()
+                f.flush()  # data on disk before it is marked done
+                for i in rows:
+                    done[first + i] = True
+                f["done"][first:last] = done[first:last].astype(np.uint8)
+                f.flush()
+                bar.batch_done(len(rows))
+        finally:
+            bar.close()
+        # Statistics from the stored float32 fields, in trajectory order: identical whether or
+        # not the run was interrupted.
+        acc = RunningRMS(FieldLayout.euler())
+        for i in range(n):
+            acc.update(torch.from_numpy(f["fields"][i]))
+        f["channel_rms"][...] = acc.compute().numpy()
+        f.flush()
+    os.replace(partial, out)
+    return out
