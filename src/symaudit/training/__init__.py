@@ -1,1 +1,18 @@
-"""symaudit.training"""
+"""symaudit.training: SMSE loss, the training loop (checkpoints, exact resume, DDP) and
+checkpoint loading (`load_checkpoint(path) -> (model, info)`)."""
+
+from symaudit.training.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
+from symaudit.training.loss import SMSE
+from symaudit.training.trainer import AUGMENTATIONS, TrainConfig, TrainResult, evaluate, train
+
+__all__ = [
+    "AUGMENTATIONS",
+    "SMSE",
+    "CheckpointError",
+    "CheckpointInfo",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate",
+    "load_checkpoint",
+    "train",
+]

@@ -1,0 +1,399 @@
+"""Autoregressive emulator training: SMSE, Adam, per-epoch atomic checkpoints, exact resume, DDP.
+
+Per step, for a global batch B of transitions (x_t, x_{t+1}, …, x_{t+k}) and unroll k:
+
+    loss = mean_{b ∈ B} (1/k) Σ_{j=1..k} SMSE(f^j(x_t^b), x_{t+j}^b)
+
+optimised with Adam (L2 weight decay, as in the paper), learning rate lr(step) constant or
+cosine-decayed over all steps. Reproducibility: the data order and the augmentation draws of
+epoch e come from a generator seeded by (seed, e) and are drawn for the whole global epoch, so
+(1) a run resumed from the checkpoint of epoch e replays epoch e+1 exactly — on CPU the final
+parameters are bitwise those of an uninterrupted run — and (2) with DDP every rank sees the
+same global batches, each taking a contiguous shard of B / world_size samples; per-rank losses
+are scaled so that DDP's gradient average equals the single-process gradient (float round-off
+aside). Batches of fewer than B samples at the end of an epoch are skipped (the order is
+reshuffled every epoch, so no sample is left out systematically).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from symaudit.data.transitions import TransitionData, load_transitions, parse_snapshots
+from symaudit.groups import Dihedral4
+from symaudit.models import build_from_config, model_config
+from symaudit.training.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    read_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from symaudit.training.loss import SMSE
+
+__all__ = ["AUGMENTATIONS", "TrainConfig", "TrainResult", "evaluate", "train"]
+
+AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
+CHECKPOINT_NAME = "checkpoint.pt"
+METRICS_NAME = "metrics.jsonl"
+# Settings that may differ between a run and its resumption (they do not change the result).
+_RESUMABLE_DIFFERENCES = {"device"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (stored in every checkpoint).
+
+    ``data``: dataset files or directories; ``snapshots``: 'all', a count N (first N), or
+    'a:b[:s]'; ``batch_size``: global batch (split over DDP ranks); ``schedule``: 'cosine' or
+    'constant'; ``unroll``: steps of the multi-step loss; ``augment``: one of AUGMENTATIONS
+    (a random D4 element and/or periodic shift per sample, applied to input and targets).
+    """
+
+    model: str = "unet-small"
+    data: list[str] = field(default_factory=list)
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 5e-4
+    weight_decay: float = 1e-6
+    schedule: str = "cosine"
+    snapshots: str | None = None
+    val_fraction: float = 0.1
+    unroll: int = 1
+    augment: str = "none"
+    dtype: str = "float32"
+    device: str = "cpu"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str | os.PathLike):
+            self.data = [self.data]
+        self.data = [str(d) for d in self.data]
+        if self.epochs < 1 or self.batch_size < 1 or self.unroll < 1:
+            raise ValueError("epochs, batch_size and unroll must be positive")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        parse_snapshots(self.snapshots)  # validates
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(unknown)}")
+        return cls(**data)
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict[str, Any]]
+    checkpoint: Path
+    epochs_run: int
+
+
+def _lr(config: TrainConfig, step: int, total: int) -> float:
+    if config.schedule == "constant":
+        return config.lr
+    return 0.5 * config.lr * (1 + math.cos(math.pi * min(step, total) / max(total, 1)))
+
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch) + 17)
+
+
+def _draw_augmentations(
+    config: TrainConfig, n: int, gen: torch.Generator, resolution: tuple[int, int]
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Per-sample D4 element indices `(n,)` and shifts `(n, 2)` for one epoch (or None)."""
+    d4 = torch.randint(8, (n,), generator=gen) if "d4" in config.augment else None
+    shifts = None
+    if "shift" in config.augment:
+        shifts = torch.stack(
+            [torch.randint(r, (n,), generator=gen) for r in resolution], dim=1
+        )  # (dy, dx)
+    return d4, shifts
+
+
+def _augment(x, y, d4_idx, shifts, elements):
+    """Apply sample i's group element to its input `(C, H, W)` and targets `(k, C, H, W)`."""
+    xs, ys = [], []
+    for i in range(x.shape[0]):
+        xi, yi = x[i], y[i]
+        if d4_idx is not None:
+            g = elements[int(d4_idx[i])]
+            xi, yi = g(xi), g(yi)
+        if shifts is not None:
+            s = (int(shifts[i, 0]), int(shifts[i, 1]))
+            xi, yi = torch.roll(xi, s, dims=(-2, -1)), torch.roll(yi, s, dims=(-2, -1))
+        xs.append(xi)
+        ys.append(yi)
+    return torch.stack(xs), torch.stack(ys)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, trajectories: torch.Tensor, loss: SMSE, *, batch: int = 16
+) -> dict[str, Any]:
+    """Validation metrics on trajectories `(n, T, C, H, W)`.
+
+    ``one_step``: mean SMSE of f(x_t) against x_{t+1} over all n(T-1) transitions;
+    ``rollout``: per step j = 1..T-1, mean SMSE of f^j(x_0) against x_j (autoregressive);
+    ``rollout_mean``: their average."""
+    if trajectories.shape[0] == 0:
+        return {"one_step": None, "rollout": None, "rollout_mean": None}
+    p = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    n, t = trajectories.shape[:2]
+    one_step, rollout = 0.0, torch.zeros(t - 1, dtype=torch.float64)
+    for start in range(0, n, batch):
+        traj = trajectories[start : start + batch].to(p.device, p.dtype)
+        x = traj[:, :-1].flatten(0, 1)
+        for chunk_x, chunk_y in zip(
+            x.split(batch), traj[:, 1:].flatten(0, 1).split(batch), strict=True
+        ):
+            one_step += float(loss.per_sample(model(chunk_x), chunk_y).double().sum())
+        state = traj[:, 0]
+        for j in range(1, t):
+            state = model(state)
+            rollout[j - 1] += loss.per_sample(state, traj[:, j]).double().sum().cpu()
+    model.train(was_training)
+    rollout /= n
+    return {
+        "one_step": one_step / (n * (t - 1)),
+        "rollout": rollout.tolist(),
+        "rollout_mean": float(rollout.mean()),
+    }
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _resolve_model_config(config: TrainConfig, data: TransitionData) -> dict[str, Any]:
+    overrides = dict(config.model_overrides)
+    cfg = model_config(config.model, **overrides)
+    if cfg["architecture"] == "vit" and "resolution" not in overrides:
+        # the ViT's position embedding is built for one grid: take the data's
+        cfg["kwargs"]["resolution"] = list(data.train.shape[-2:])
+    if cfg["architecture"] == "gcnn" and "layout" not in overrides:
+        cfg["kwargs"]["layout"] = data.layout.to_dict()
+    return cfg
+
+
+def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    ours = config.to_dict()
+    diff = sorted(
+        k
+        for k in set(saved) | set(ours)
+        if k not in _RESUMABLE_DIFFERENCES and saved.get(k) != ours.get(k)
+    )
+    if diff:
+        details = ", ".join(
+            f"{k}: checkpoint {saved.get(k)!r} vs now {ours.get(k)!r}" for k in diff
+        )
+        raise CheckpointError(
+            f"{path}: cannot resume, the run was started with different settings ({details}); "
+            "use a new --out directory or the original settings"
+        )
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    stop_after: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) the run in ``out_dir``; returns the model and metrics history.
+
+    ``out_dir`` receives ``checkpoint.pt`` (after every epoch, atomically), ``metrics.jsonl``
+    (one JSON line per epoch) and ``config.json``. If a checkpoint is there, training resumes
+    from it (the settings must match, else `CheckpointError`). ``stop_after`` ends this call
+    after that many epochs (a planned interruption). Uses the initialised
+    `torch.distributed` process group if there is one (see module docstring).
+    """
+    out = Path(out_dir)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    say = log if (log is not None and rank == 0) else (lambda _m: None)
+    device = torch.device(config.device)
+    dtype = getattr(torch, config.dtype)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
+    local_batch = config.batch_size // world
+
+    data = load_transitions(
+        config.data,
+        snapshots=parse_snapshots(config.snapshots),
+        val_fraction=config.val_fraction,
+        seed=config.seed,
+    )
+    n = data.num_transitions(config.unroll)
+    if n < config.batch_size:
+        raise ValueError(
+            f"only {n} training transitions (unroll {config.unroll}) for batch size "
+            f"{config.batch_size}: use more trajectories or a smaller --batch-size"
+        )
+    steps_per_epoch = n // config.batch_size
+    total_steps = steps_per_epoch * config.epochs
+    loss_fn = SMSE(data.channel_rms).to(device)
+    elements = list(Dihedral4(data.layout)) if "d4" in config.augment else []
+
+    ckpt_path = out / CHECKPOINT_NAME
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        dist.barrier()
+    mcfg = _resolve_model_config(config, data)
+    torch.manual_seed(config.seed)
+    model = build_from_config(mcfg).to(device=device, dtype=dtype)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    if ckpt_path.exists():
+        saved = read_checkpoint(ckpt_path, map_location=device)
+        _check_resume(saved["config"], config, ckpt_path)
+        if saved["model_config"] != mcfg:
+            raise CheckpointError(f"{ckpt_path}: model description differs from this run's")
+        try:
+            model.load_state_dict(saved["model_state"])
+            optimizer.load_state_dict(saved["optimizer_state"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{ckpt_path}: state does not fit the model: {exc}") from exc
+        restore_rng(saved["rng"])
+        start_epoch, step, history = int(saved["epoch"]), int(saved["step"]), saved["history"]
+        say(f"resuming {out} after epoch {start_epoch}/{config.epochs} (step {step})")
+    elif rank == 0:
+        _write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2))
+
+    ddp = model
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    bar = _progress(progress and rank == 0)
+    epochs_run = 0
+    with bar:
+        task = bar.add_task("train", total=(config.epochs - start_epoch) * steps_per_epoch)
+        for epoch in range(start_epoch, config.epochs):
+            if stop_after is not None and epochs_run >= stop_after:
+                break
+            t0 = time.perf_counter()
+            gen = _epoch_generator(config.seed, epoch)
+            order = torch.randperm(n, generator=gen)
+            d4_idx, shifts = _draw_augmentations(config, n, gen, tuple(data.train.shape[-2:]))
+            model.train()
+            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+            for b in range(steps_per_epoch):
+                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+                idx = idx[rank * local_batch : (rank + 1) * local_batch]
+                x, y = data.pairs(idx, config.unroll)
+                if elements or shifts is not None:
+                    x, y = _augment(
+                        x,
+                        y,
+                        None if d4_idx is None else d4_idx[idx],
+                        None if shifts is None else shifts[idx],
+                        elements,
+                    )
+                x, y = x.to(device, dtype), y.to(device, dtype)
+                per_sample = 0.0
+                state = x
+                for j in range(config.unroll):
+                    state = ddp(state)
+                    per_sample = per_sample + loss_fn.per_sample(state, y[:, j])
+                # scaled so that DDP's mean over ranks is the mean over the global batch
+                loss = (per_sample / config.unroll).sum() * (world / config.batch_size)
+                for group in optimizer.param_groups:
+                    group["lr"] = _lr(config, step, total_steps)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                loss_sum += loss.detach().double()
+                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs}")
+            if world > 1:
+                dist.all_reduce(loss_sum)
+            train_loss = float(loss_sum) / (world * steps_per_epoch)
+            if rank == 0:
+                metrics = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "lr": _lr(config, step, total_steps),
+                    "train_loss": train_loss,
+                    **{f"val_{k}": v for k, v in evaluate(model, data.val, loss_fn).items()},
+                    "seconds": time.perf_counter() - t0,
+                    "samples_per_second": steps_per_epoch
+                    * config.batch_size
+                    / (time.perf_counter() - t0),
+                }
+                history.append(metrics)
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model_config": mcfg,
+                        "model_state": model.state_dict(),
+                        "optimizer_state": optimizer.state_dict(),
+                        "epoch": epoch + 1,
+                        "step": step,
+                        "rng": capture_rng(),
+                        "config": config.to_dict(),
+                        "layout": data.layout.to_json(),
+                        "channel_rms": data.channel_rms,
+                        "history": history,
+                        "split": data.split,
+                    },
+                )
+                _write_text_atomic(
+                    out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in history)
+                )
+                say(
+                    f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4g}, "
+                    f"val one-step {metrics['val_one_step']}, rollout {metrics['val_rollout_mean']}"
+                )
+            if world > 1:
+                dist.barrier()
+            epochs_run += 1
+    return TrainResult(model=model, history=history, checkpoint=ckpt_path, epochs_run=epochs_run)
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )
