@@ -165,6 +165,14 @@ class GroupElement:
             return self
         return self._with(time=t)
 
+    def transition(
+        self, x_t: torch.Tensor, x_next: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """g . (x_t, x_t+dt) = (g.at_time(0)(x_t), g(x_next)): a transition of the transformed
+        solution. Same as acting on both for D4 and shifts; for a boost observed at dt the
+        input gets the pure kick and the output the kick plus the shift c dt."""
+        return self.at_time(0.0)(x_t), self(x_next)
+
     def _with(self, **changes) -> GroupElement:
         kw = dict(
             rot=self._rot,
