@@ -113,7 +113,9 @@ def test_error_of_identity_element_is_the_plain_test_loss(rng):
     torch.testing.assert_close(res.error[0], plain, rtol=1e-14, atol=0)
     torch.testing.assert_close(res.augmented_error, res.error.mean(0))
     # chunking does not change anything
-    again = equivariance_error(model, (x_t, x_t1), Dihedral4(EULER), loss, chunk_size=100)
+    again = equivariance_error(
+        model, (x_t, x_t1), Dihedral4(EULER), loss, chunk_size=100, progress=True
+    )
     torch.testing.assert_close(again.error, res.error, rtol=1e-14, atol=0)
     torch.testing.assert_close(again.defect, res.defect, rtol=1e-14, atol=0)
 

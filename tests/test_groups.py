@@ -310,3 +310,15 @@ def test_element_equality_and_names():
     b = GalileanBoost(EULER, (0.1, 0.0), 10.0, multiples=range(4))
     assert b[1] * b[2] == b[3] and math.isclose(b[3].velocity[0], 0.3)
     assert len({g for g in Dihedral4(EULER)}) == 8
+    # an element of Z (no period) is not the element of Z_8 with a congruent shift
+    assert GroupElement(EULER, shift=(11, 0)) != t["tx3"]
+    assert GroupElement(EULER, shift=(3, 0)) == t["tx3"]
+
+
+def test_orbit_stacks_images(rng):
+    x = torch.randn(2, 4, 6, 6, generator=rng)
+    d4 = Dihedral4(EULER)
+    orbit = d4.orbit(x)
+    assert orbit.shape == (8, 2, 4, 6, 6)
+    for i, g in enumerate(d4):
+        assert orbit[i].equal(g(x))

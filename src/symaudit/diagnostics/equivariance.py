@@ -159,6 +159,7 @@ def equivariance_error(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     layout: FieldLayout | None = None,
+    progress: bool = False,
 ) -> EquivarianceResult:
     """E_g and D_g for every element g of ``group`` and every transition of ``batch``.
 
@@ -173,6 +174,7 @@ def equivariance_error(
         device, dtype: where and in which precision to run; default: the model's first
             floating parameter/buffer (else the batch's). Inputs are moved there.
         layout: the data's layout, if known (e.g. ``dataset.layout``); must equal the group's.
+        progress: show a rich progress bar over chunks.
 
     Returns:
         `EquivarianceResult` with ``error`` and ``defect`` `(|G|, N)` float64 on the CPU.
@@ -198,12 +200,12 @@ def equivariance_error(
     error = torch.empty(len(elements), n, dtype=torch.float64)
     defect = torch.empty_like(error)
 
+    # one forward per chunk: x_t and its |G| images, at most chunk_size states
+    per = max(1, chunk_size // (len(elements) + 1))
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            # one forward per chunk: x_t and its |G| images, at most chunk_size states
-            per = max(1, chunk_size // (len(elements) + 1))
+        with torch.no_grad(), _progress(progress, n, f"equivariance {group.name}") as advance:
             for a in range(0, n, per):
                 xt = x_t[a : a + per].to(device=dev, dtype=dt)
                 xt1 = x_t1[a : a + per].to(device=dev, dtype=dt)
@@ -213,6 +215,7 @@ def equivariance_error(
                 for i, (g, (_, gy)) in enumerate(zip(elements, pairs, strict=True)):
                     error[i, a : a + len(xt)] = loss.per_sample(outs[i], gy).double().cpu()
                     defect[i, a : a + len(xt)] = loss.per_sample(outs[i], g(fx)).double().cpu()
+                advance(len(xt))
     finally:
         model.train(was_training)
 
@@ -232,6 +235,19 @@ def equivariance_error(
         group=group.describe(),
         settings=settings,
     )
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, what: str):
+    """Yield ``advance(k)``: a rich progress bar over states when enabled, else a no-op."""
+    if not enabled:
+        yield lambda k: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(what, total=total)
+        yield lambda k: bar.advance(task, k)
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

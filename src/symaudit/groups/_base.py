@@ -274,11 +274,9 @@ class GroupElement:
             return NotImplemented
         if self._layout != other._layout or self.d4 != other.d4:
             return False
-        p = self._period if self._period is not None else other._period
-        if other._period is not None and p != other._period:
-            return False
-        ds = [a - b for a, b in zip(self._shift, other._shift, strict=True)]
-        if any((d % p if p is not None else d) != 0 for d in ds):
+        # shifts are stored reduced mod the period (if any): compare them exactly, which keeps
+        # equality transitive (an element of Z with shift 11 is not the element 3 of Z_8)
+        if self._shift != other._shift:
             return False
         if not all(
             math.isclose(a, b, rel_tol=1e-12, abs_tol=1e-15)
@@ -288,9 +286,8 @@ class GroupElement:
         return self._time is None or other._time is None or self._time == other._time
 
     def __hash__(self) -> int:
-        # shifts (periodic) and velocities (float tolerance) are left out, so equal elements
-        # hash equally
-        return hash((self._layout, self._rot, self._flip))
+        # velocities (compared with a float tolerance) are left out
+        return hash((self._layout, self._rot, self._flip, self._shift))
 
     def __repr__(self) -> str:
         extra = f", t={self._time:g}" if self._time is not None else ""
@@ -366,6 +363,10 @@ class Group:
             if g == element:
                 return i
         raise UnknownElementError(f"{element!r} is not an element of group {self.name}")
+
+    def orbit(self, x: torch.Tensor) -> torch.Tensor:
+        """The images of ``x`` `(..., C, H, W)` under every element: `(|G|, ..., C, H, W)`."""
+        return torch.stack([g(x) for g in self._elements])
 
     def multiplication_table(self) -> torch.Tensor:
         """`(|G|, |G|)` int64: entry [i, j] is the index of g_i * g_j, or -1 if outside."""
