@@ -315,6 +315,16 @@ def test_element_equality_and_names():
     assert GroupElement(EULER, shift=(3, 0)) == t["tx3"]
 
 
+def test_actions_never_touch_the_cpu_when_given_another_device():
+    # meta tensors carry no data: any tensor made on the CPU inside an action would fail here
+    x = torch.empty(2, 4, 8, 8, device="meta", dtype=torch.float32)
+    group = Dihedral4(EULER) * Translations(EULER, "xy", [0, 3], size=8)
+    boost = GalileanBoost(EULER, (0.5, 0.0), 0.25)[1]
+    for g in [*group, boost, boost.at_time(0.0)]:
+        y = g(x)
+        assert y.device.type == "meta" and y.shape == x.shape and y.dtype == torch.float32
+
+
 def test_orbit_stacks_images(rng):
     x = torch.randn(2, 4, 6, 6, generator=rng)
     d4 = Dihedral4(EULER)

@@ -319,9 +319,10 @@ class Group:
                 raise GroupError(f"group {name!r}: {g!r} is not a GroupElement")
             if g.layout != layout:
                 raise GroupError(f"group {name!r}: element {g.name} acts on another layout")
-        names = [g.name for g in elements]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup or any(a == b for i, a in enumerate(elements) for b in elements[i + 1 :]):
+        self._index = {g: i for i, g in reversed(list(enumerate(elements)))}
+        if len(self._index) != len(elements):
+            names = [g.name for g in elements]
+            dup = sorted({n for n in names if names.count(n) > 1})
             raise GroupError(f"group {name!r} lists equal elements more than once: {dup}")
         self._elements = elements
         self._by_name = {g.name: g for g in elements}
@@ -356,13 +357,15 @@ class Group:
     def __contains__(self, item: object) -> bool:
         if isinstance(item, str):
             return item in self._by_name
-        return any(item == g for g in self._elements)
+        return isinstance(item, GroupElement) and item in self._index
 
     def index(self, element: GroupElement) -> int:
-        for i, g in enumerate(self._elements):
-            if g == element:
-                return i
-        raise UnknownElementError(f"{element!r} is not an element of group {self.name}")
+        try:
+            return self._index[element]
+        except KeyError:
+            raise UnknownElementError(
+                f"{element!r} is not an element of group {self.name}"
+            ) from None
 
     def orbit(self, x: torch.Tensor) -> torch.Tensor:
         """The images of ``x`` `(..., C, H, W)` under every element: `(|G|, ..., C, H, W)`."""
@@ -374,11 +377,7 @@ class Group:
         table = torch.full((n, n), -1, dtype=torch.int64)
         for i, g in enumerate(self._elements):
             for j, h in enumerate(self._elements):
-                gh = g * h
-                for k, q in enumerate(self._elements):
-                    if gh == q:
-                        table[i, j] = k
-                        break
+                table[i, j] = self._index.get(g * h, -1)
         return table
 
     def is_closed(self) -> bool:

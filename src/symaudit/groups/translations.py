@@ -27,8 +27,8 @@ class Translations(Group):
     def __init__(
         self,
         layout: FieldLayout,
-        axis: str = "x",
-        shifts: Iterable[int] = (0, 1),
+        axis: str,
+        shifts: Iterable[int],
         *,
         size: int | None = None,
     ) -> None:
