@@ -112,7 +112,8 @@ DISTRIBUTIONS: dict[str, dict] = {
         "partition": (
             "rho = 0.1, p = 2.5; velocity = perp-gradient of the periodic stream function psi, "
             "-Laplace(psi) = w - mean(w), w = sum_{i=1..100} (alpha_i / sigma_i) "
-            "exp(-|x - x_i|^2 / (2 sigma_i^2)) (minimal-image periodic distance)"
+            "exp(-|x - x_i|^2 / (2 sigma_i^2)) (minimal-image periodic distance); "
+            "Nyquist modes of psi dropped"
         ),
         "count": _GAUSS_COUNT,
         "alpha": [-1.0, 1.0],
@@ -265,6 +266,10 @@ def _ce_gauss(gens, h, w, gamma):
         w_field = (alpha[b, :, None, None] / s * torch.exp(-(dx**2 + dy**2) / (2 * s**2))).sum(0)
         psi_hat = torch.fft.rfft2(w_field) / k2
         psi_hat[0, 0] = 0.0  # periodic domain: zero net circulation
+        if h % 2 == 0:  # Nyquist modes have no well-defined derivative: drop them
+            psi_hat[h // 2, :] = 0.0
+        if w % 2 == 0:
+            psi_hat[:, w // 2] = 0.0
         u = torch.fft.irfft2(1j * ky * psi_hat, s=(h, w))  # d psi / dy
         v = torch.fft.irfft2(-1j * kx * psi_hat, s=(h, w))  # -d psi / dx
         vel.append(torch.stack([u, v]))
