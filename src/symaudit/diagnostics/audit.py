@@ -1,0 +1,464 @@
+"""Audit of one training run: equivariance errors and influence along group orbits.
+
+`run_audit(run_dir, groups, out=AUDIT_DIR)` rebuilds the model from ``RUN_DIR/checkpoint.pt``,
+picks test transitions and, for every group and every test mini-batch, saves
+
+    AUDIT_DIR/<group>/batch<k>/equivariance.pt   (`EquivarianceResult`: E_g, D_g per state)
+    AUDIT_DIR/<group>/batch<k>/influence.pt      (`InfluenceResult` at the chosen damping)
+    AUDIT_DIR/<group>/batch<k>/sweep-<j>.pt      (one per damping of a sweep, if asked)
+
+plus ``AUDIT_DIR/test_errors.json`` (one-step and rollout SMSE of the model on every test
+trajectory next to the persistence forecast x_t+1 = x_t) and ``AUDIT_DIR/audit.json`` (the run,
+the model, every setting, and the list of pieces). Every file is written atomically; a rerun
+with the same settings skips the pieces already on disk, so a killed audit redoes only what is
+missing. A rerun with other settings is refused (`AuditError`) unless ``overwrite=True``.
+
+Test transitions (the paper's protocol). The test trajectories are either given files
+(``test_data``: one file per initial-condition family) or the trajectories the run held out
+for validation. A mini-batch holds ``per_family`` full trajectories of every family; batch k
+takes the k-th such slice of each family, so batches are disjoint. Within a trajectory the
+transition depends on the group: D4 (and any non-translation group) at the first step of the
+rollout (x_0, x_1); translations at the latest time that is not on the boundary of the
+training window, i.e. (x_{t_-2}, x_{t_-1}) with t_-1 the last snapshot used in training.
+
+Defaults: rtol 5e-3 for UNet and G-CNN, 5e-2 for the ViT (the paper's); damping "auto" =
+`DEFAULT_RELATIVE_DAMPING` (1e-3) times the top eigenvalue of eta (see
+`symaudit.diagnostics.influence`); `DAMPING_SWEEP` the relative dampings of ``--damping-sweep``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DAMPING_SWEEP",
+    "AuditError",
+    "AuditRecord",
+    "default_rtol",
+    "load_audit",
+    "run_audit",
+    "settings_digest",
+    "write_json_atomic",
+]
+
+AUDIT_FORMAT = "symaudit-audit-1"
+#: relative dampings (fractions of eta's top eigenvalue) of ``--damping-sweep``
+DAMPING_SWEEP = ("auto:1e-4", "auto:1e-3", "auto:1e-2", "auto:1e-1")
+_PAPER_RTOL = {"unet": 5e-3, "gcnn": 5e-3, "vit": 5e-2}
+
+
+class AuditError(RuntimeError):
+    """An audit cannot run or resume (missing run, conflicting settings, too little data)."""
+
+
+def default_rtol(architecture: str) -> float:
+    """The paper's CG tolerance: 5e-3 for convolutional models, 5e-2 for the ViT."""
+    return _PAPER_RTOL.get(architecture, 5e-3)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON to a temporary file beside ``path``, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def settings_digest(data: Any) -> str:
+    """SHA-256 (16 hex digits) of the canonical JSON of ``data``."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _group_dir(spec: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
+
+
+def _is_translation(spec: str) -> bool:
+    return all(t.strip().lower().startswith("shift") for t in spec.split("*"))
+
+
+@dataclass
+class _TestSet:
+    """Full test trajectories per family `(n_f, T, C, H, W)` on the training window."""
+
+    families: dict[str, torch.Tensor]
+    sources: dict[str, dict]
+    times: torch.Tensor
+
+    def batch(self, k: int, per_family: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for fam, traj in self.families.items():
+            sel = traj[k * per_family : (k + 1) * per_family]
+            if sel.shape[0] < per_family:
+                raise AuditError(
+                    f"family {fam!r} has {traj.shape[0]} test trajectories, too few for "
+                    f"batch {k + 1} with {per_family} per family"
+                )
+            xs.append(sel[:, step])
+            ys.append(sel[:, step + 1])
+        return torch.cat(xs), torch.cat(ys)
+
+
+def _load_test_set(ckpt: dict, test_data: Sequence[str | os.PathLike] | None) -> _TestSet:
+    from symaudit.data.store import DatasetError, open_dataset
+    from symaudit.data.transitions import expand_paths, parse_snapshots
+
+    cfg = ckpt["config"]
+    sel = parse_snapshots(cfg.get("snapshots"))
+    if test_data:
+        files = [(p, None) for p in expand_paths(list(test_data))]
+    else:
+        split = ckpt.get("split") or {}
+        if not split:
+            raise AuditError("the checkpoint records no data split; pass test_data")
+        files = [(Path(p), va) for p, (_, va) in split.items()]
+    families: dict[str, list[torch.Tensor]] = {}
+    sources: dict[str, dict] = {}
+    times = None
+    for path, ids in files:
+        try:
+            with open_dataset(path) as ds:
+                idx = list(range(ds.num_snapshots))
+                idx = idx[sel] if sel is not None else idx
+                ids = list(range(ds.num_trajectories)) if ids is None else list(ids)
+                if not ids:
+                    raise AuditError(f"{path}: the run held out no trajectories; pass test_data")
+                fam = str(ds.metadata.get("ic_kind", path.stem))
+                families.setdefault(fam, []).append(ds.read(ids, idx))
+                sources.setdefault(fam, {"files": [], "trajectories": []})
+                sources[fam]["files"].append(str(path))
+                sources[fam]["trajectories"].append(ids)
+                t = ds.times[torch.tensor(idx)]
+                times = t if times is None else times
+        except DatasetError as exc:
+            raise AuditError(f"cannot read test data: {exc}") from exc
+    if times is None or times.numel() < 3:
+        raise AuditError("test trajectories need at least 3 snapshots in the training window")
+    return _TestSet({f: torch.cat(v) for f, v in families.items()}, sources, times)
+
+
+def _metric_batch(spec: str, ckpt: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``"test"`` → None (the test batch itself); ``"train:N"`` → N training transitions
+    drawn (seeded) from the run's own training trajectories."""
+    if spec == "test":
+        return None
+    kind, _, num = spec.partition(":")
+    if kind != "train" or not num.isdigit() or int(num) < 1:
+        raise AuditError(f"metric batch must be 'test' or 'train:N', got {spec!r}")
+    from symaudit.data.store import open_dataset
+    from symaudit.data.transitions import parse_snapshots
+
+    n = int(num)
+    sel = parse_snapshots(ckpt["config"].get("snapshots"))
+    gen = torch.Generator().manual_seed(seed)
+    xs, ys = [], []
+    files = list((ckpt.get("split") or {}).items())
+    if not files:
+        raise AuditError("the checkpoint records no data split: cannot draw training states")
+    for i in range(n):
+        path, (train_ids, _) = files[i % len(files)]
+        with open_dataset(path) as ds:
+            idx = list(range(ds.num_snapshots))
+            idx = idx[sel] if sel is not None else idx
+            traj = train_ids[int(torch.randint(len(train_ids), (1,), generator=gen))]
+            t = int(torch.randint(len(idx) - 1, (1,), generator=gen))
+            pair = ds.read([traj], [idx[t], idx[t + 1]])[0]
+        xs.append(pair[0])
+        ys.append(pair[1])
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _test_errors(model, loss, test: _TestSet, device) -> dict:
+    """One-step and rollout SMSE per family next to the persistence forecast x_t+1 = x_t."""
+    from symaudit.training import evaluate
+
+    out: dict[str, dict] = {}
+    for fam, traj in test.families.items():
+        ev = evaluate(model, traj, loss)
+        pers_step = loss.per_sample(traj[:, :-1], traj[:, 1:]).double()  # (n, T-1)
+        pers_roll = loss.per_sample(traj[:, :1].expand_as(traj[:, 1:]), traj[:, 1:]).double()
+        out[fam] = {
+            "trajectories": int(traj.shape[0]),
+            "one_step": ev["one_step"],
+            "rollout": ev["rollout"],
+            "persistence_one_step": float(pers_step.mean()),
+            "persistence_rollout": pers_roll.mean(0).tolist(),
+        }
+    one = [v["one_step"] for v in out.values()]
+    per = [v["persistence_one_step"] for v in out.values()]
+    out["all"] = {
+        "one_step": sum(one) / len(one),
+        "persistence_one_step": sum(per) / len(per),
+        "note": "means over families of the per-family means over all transitions",
+    }
+    return out
+
+
+@dataclass
+class AuditRecord:
+    """An audit directory loaded back: ``meta`` (audit.json), ``test_errors``, and per group
+    spec the lists (one item per test batch) of equivariance and influence results."""
+
+    path: Path
+    meta: dict
+    test_errors: dict
+    equivariance: dict[str, list] = field(default_factory=dict)
+    influence: dict[str, list] = field(default_factory=dict)
+    sweep: dict[str, list[list]] = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return self.meta["model"]["preset"]
+
+    @property
+    def architecture(self) -> str:
+        return self.meta["model"]["architecture"]
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["run"]["seed"])
+
+
+def load_audit(audit_dir: str | os.PathLike) -> AuditRecord:
+    """Load every piece listed in ``AUDIT_DIR/audit.json``; `AuditError` if one is missing."""
+    from symaudit.diagnostics.equivariance import EquivarianceResult
+    from symaudit.diagnostics.influence import InfluenceResult
+
+    d = Path(audit_dir)
+    try:
+        meta = json.loads((d / "audit.json").read_text())
+        test_errors = json.loads((d / "test_errors.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{d} is not a complete audit directory: {exc}") from exc
+    if meta.get("format") != AUDIT_FORMAT or not meta.get("complete"):
+        raise AuditError(f"{d}: audit.json is not a complete {AUDIT_FORMAT} audit")
+    rec = AuditRecord(d, meta, test_errors)
+    try:
+        for spec, pieces in meta["pieces"].items():
+            rec.equivariance[spec] = [
+                EquivarianceResult.load(d / p["equivariance"]) for p in pieces
+            ]
+            rec.influence[spec] = [InfluenceResult.load(d / p["influence"]) for p in pieces]
+            rec.sweep[spec] = [[InfluenceResult.load(d / s) for s in p["sweep"]] for p in pieces]
+    except (ValueError, KeyError, OSError) as exc:
+        raise AuditError(f"{d}: cannot load audit piece: {exc}") from exc
+    return rec
+
+
+def run_audit(
+    run_dir: str | os.PathLike,
+    groups: Sequence[str],
+    *,
+    out: str | os.PathLike,
+    damping: float | str | None = None,
+    damping_sweep: Sequence[float | str] | None = None,
+    rtol: float | None = None,
+    test_batches: int = 3,
+    per_family: int = 1,
+    test_data: Sequence[str | os.PathLike] | None = None,
+    metric_batch: str = "test",
+    max_iter: int = 500,
+    cosine: bool = True,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Audit the run in ``run_dir`` for each group spec (e.g. "d4", "shift-x", "shift-y:4").
+
+    Args:
+        groups: `symaudit.groups.from_spec` strings; translations are audited late in the
+            window, every other group at the first step (module docstring).
+        out: the audit directory (created).
+        damping: absolute lambda, "auto" (default: 1e-3 x top eigenvalue of eta) or
+            "auto:<fraction>".
+        damping_sweep: extra dampings computed with the same gradients and sketch (e.g.
+            `DAMPING_SWEEP`), saved as ``sweep-<j>.pt``.
+        rtol: CG relative residual; default `default_rtol` of the model's architecture.
+        test_batches, per_family: K mini-batches, each of ``per_family`` trajectories of every
+            initial-condition family (N = per_family x families states per batch).
+        test_data: dataset files/directories with the test trajectories (one family per file);
+            default: the run's held-out (validation) trajectories.
+        metric_batch: "test" (eta from the test batch itself) or "train:N".
+        device: where the model and solves run.
+
+    Returns the audit directory. Influence solves that do not converge warn
+    (`ConvergenceWarning`) and are recorded per column in the result files.
+    """
+    from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
+    from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
+    from symaudit.groups import from_spec
+    from symaudit.training import SMSE, load_checkpoint
+    from symaudit.training.checkpoint import CheckpointError, read_checkpoint
+
+    say = log or (lambda _m: None)
+    run = Path(run_dir)
+    out = Path(out)
+    if not groups:
+        raise AuditError("no groups to audit: pass e.g. --group d4")
+    if test_batches < 1 or per_family < 1:
+        raise AuditError("test_batches and per_family must be positive")
+    ckpt_path = run / "checkpoint.pt"
+    try:
+        raw = read_checkpoint(ckpt_path)
+        model, info = load_checkpoint(ckpt_path, map_location=device)
+    except CheckpointError as exc:
+        raise AuditError(f"cannot audit {run}: {exc}") from exc
+    if info.epoch < int(info.config.get("epochs", info.epoch)):
+        say(f"warning: {run} is trained for {info.epoch}/{info.config['epochs']} epochs only")
+    arch = info.model_config["architecture"]
+    rtol = default_rtol(arch) if rtol is None else float(rtol)
+    damping = "auto" if damping is None else damping
+    sweep = list(damping_sweep or [])
+    test = _load_test_set(raw, test_data)
+    n_times = test.times.numel()
+    resolution = tuple(next(iter(test.families.values())).shape[-2:])
+    dt = float(test.times[1] - test.times[0])
+
+    settings = {
+        "groups": list(groups),
+        "damping": damping,
+        "damping_sweep": sweep,
+        "rtol": rtol,
+        "test_batches": test_batches,
+        "per_family": per_family,
+        "test_data": test.sources,
+        "metric_batch": metric_batch,
+        "max_iter": max_iter,
+        "cosine": cosine,
+    }
+    meta = {
+        "format": AUDIT_FORMAT,
+        "run": {
+            "dir": str(run),
+            "checkpoint_sha256": _file_digest(ckpt_path),
+            "epochs": info.epoch,
+            "seed": int(info.config.get("seed", 0)),
+            "config": info.config,
+        },
+        "model": {
+            **info.model_config,
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "settings": settings,
+        "settings_digest": settings_digest([settings, _file_digest(ckpt_path)]),
+        "device": str(device),
+        "times": test.times.tolist(),
+        "complete": False,
+    }
+    meta_path = out / "audit.json"
+    if meta_path.exists() and not overwrite:
+        try:
+            old = json.loads(meta_path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("settings_digest") != meta["settings_digest"]:
+            diff = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
+            raise AuditError(
+                f"{out} holds an audit with other settings or another checkpoint "
+                f"(differs in: {', '.join(diff) or 'checkpoint'}); use another --out or "
+                "--overwrite"
+            )
+    elif meta_path.exists() and overwrite:
+        for p in [*sorted(out.rglob("*.pt")), out / "test_errors.json"]:
+            p.unlink(missing_ok=True)
+    write_json_atomic(meta_path, meta)
+
+    loss = SMSE(info.channel_rms).to(device)
+    if not (out / "test_errors.json").exists():
+        say("test errors vs persistence")
+        write_json_atomic(out / "test_errors.json", _test_errors(model, loss, test, device))
+    mbatch = _metric_batch(metric_batch, raw, seed=int(info.config.get("seed", 0)))
+
+    pieces: dict[str, list[dict]] = {}
+    total = len(groups) * test_batches
+    done = 0
+    for spec in groups:
+        group = from_spec(spec, info.layout, resolution=resolution, dt=dt)
+        step = n_times - 2 if _is_translation(spec) else 0
+        pieces[spec] = []
+        for k in range(test_batches):
+            done += 1
+            where = Path(_group_dir(spec)) / f"batch{k}"
+            piece = {
+                "equivariance": str(where / "equivariance.pt"),
+                "influence": str(where / "influence.pt"),
+                "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(sweep))],
+                "time_index": step,
+                "time": float(test.times[step]),
+            }
+            pieces[spec].append(piece)
+            batch = test.batch(k, per_family, step)
+            tag = f"[{done}/{total}] {spec} batch {k + 1}/{test_batches} (t = {piece['time']:.3g})"
+            if not _loads(EquivarianceResult, out / piece["equivariance"]):
+                say(f"{tag}: equivariance errors")
+                equivariance_error(model, batch, group, loss, device=device).save(
+                    out / piece["equivariance"]
+                )
+            need = [piece["influence"], *piece["sweep"]]
+            if all(_loads(InfluenceResult, out / p) for p in need):
+                say(f"{tag}: influence already on disk")
+                continue
+            say(f"{tag}: influence, |G| = {len(group)}, N = {batch[0].shape[0]}, rtol {rtol:g}")
+            t0 = time.perf_counter()
+            results = influence_sweep(
+                model,
+                loss,
+                batch,
+                group,
+                mbatch,
+                dampings=[damping, *sweep],
+                rtol=rtol,
+                max_iter=max_iter,
+                cosine=cosine,
+                progress=progress,
+            )
+            for p, res in zip(need, results, strict=True):
+                res.settings["audit"] = {"group_spec": spec, "batch": k, "time_index": step}
+                res.save(out / p)
+            say(f"{tag}: influence done in {time.perf_counter() - t0:.1f} s")
+    meta["pieces"] = pieces
+    meta["complete"] = True
+    write_json_atomic(meta_path, meta)
+    return out
+
+
+def _loads(cls, path: Path) -> bool:
+    """True if ``path`` holds a readable result (a corrupt piece is redone)."""
+    if not path.is_file():
+        return False
+    try:
+        cls.load(path)
+    except ValueError:
+        return False
+    return True
