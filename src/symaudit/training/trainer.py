@@ -110,6 +110,7 @@ class TrainResult:
     history: list[dict[str, Any]]
     checkpoint: Path
     epochs_run: int
+    samples_seen: int  # training samples this process used in this call (its DDP shard)
 
 
 def _lr(config: TrainConfig, step: int, total: int) -> float:
@@ -266,6 +267,8 @@ def train(
     ckpt_path = out / CHECKPOINT_NAME
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # left by a killed run
+            stale.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
     mcfg = _resolve_model_config(config, data)
@@ -296,7 +299,7 @@ def train(
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     bar = _progress(progress and rank == 0)
-    epochs_run = 0
+    epochs_run = samples_seen = 0
     with bar:
         task = bar.add_task("train", total=(config.epochs - start_epoch) * steps_per_epoch)
         for epoch in range(start_epoch, config.epochs):
@@ -334,6 +337,7 @@ def train(
                 loss.backward()
                 optimizer.step()
                 step += 1
+                samples_seen += x.shape[0]
                 loss_sum += loss.detach().double()
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs}")
             if world > 1:
@@ -378,7 +382,7 @@ def train(
             if world > 1:
                 dist.barrier()
             epochs_run += 1
-    return TrainResult(model=model, history=history, checkpoint=ckpt_path, epochs_run=epochs_run)
+    return TrainResult(model, history, ckpt_path, epochs_run, samples_seen)
 
 
 def _progress(enabled: bool):
