@@ -73,6 +73,7 @@ def train(
     from symaudit.training import train as run
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     if world > 1:
         cuda = device.startswith("cuda")
         dist.init_process_group(backend="nccl" if cuda else "gloo")
@@ -104,8 +105,10 @@ def train(
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
-    if not result.history:
-        typer.echo(f"{out}: nothing to do, no epochs run")
+    if rank != 0:
+        return
+    if result.epochs_run == 0:
+        typer.echo(f"{out}: already trained for {epochs} epochs, nothing to do")
     else:
         last = result.history[-1]
         typer.echo(
