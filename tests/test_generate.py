@@ -218,6 +218,8 @@ def test_cli_help_and_end_to_end(tmp_path):
         "0.1",
         "--seed",
         "4",
+        "--threads",
+        "1",
         "--out",
         str(out),
         "--quiet",

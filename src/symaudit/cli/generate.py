@@ -46,6 +46,10 @@ def generate(
             help="Replace an existing output / discard a partial run with other settings.",
         ),
     ] = False,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Torch CPU threads (default: torch's choice); 1 is best on busy cores."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Simulate PDEGym-style compressible-Euler trajectories into one HDF5 file.
@@ -75,6 +79,11 @@ def generate(
     )
     # Denormals make float32 finite-volume code >10x slower on CPU (NOTES.md).
     torch.set_flush_denormal(True)
+    if threads is not None:
+        if threads < 1:
+            typer.secho("error: --threads must be at least 1", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2)
+        torch.set_num_threads(threads)
     try:
         path = run(settings, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
     except (ValueError, GenerationError) as exc:
