@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,20 @@ def test_shape_dtype_determinism_and_chunks(kind):
     assert torch.equal(f32.state, full.state[:2].float())
 
 
+def test_distributions_pin_the_published_ranges():
+    # Poseidon Appendix B (see docs/data.md): the sampler reads these tables, so pin them.
+    for kind in ("ce-rp", "ce-crp"):
+        d = DISTRIBUTIONS[kind]
+        assert (d["rho"], d["v"], d["p"]) == ([0.1, 1.0], [-1.0, 1.0], [0.1, 1.0])
+    d = DISTRIBUTIONS["ce-rpui"]
+    assert (d["rho"], d["v"], d["p"]) == ([1.0, 3.0], [-10.0, 10.0], [5.0, 7.0])
+    assert d["alpha"] == [-0.01, 0.01] and DISTRIBUTIONS["ce-crp"]["alpha"] == [-0.1, 0.1]
+    assert DISTRIBUTIONS["ce-gauss"]["sigma"] == [0.01, 0.1]
+    assert DISTRIBUTIONS["ce-gauss"]["count"] == 100
+    for d in DISTRIBUTIONS.values():
+        assert "Poseidon" in d["source"] and "disagreement" in d
+
+
 @pytest.mark.parametrize("kind", QUADRANT_KINDS)
 def test_quadrant_state_ranges(kind):
     dist = DISTRIBUTIONS[kind]
@@ -96,34 +111,26 @@ def test_ce_rp_is_four_constant_quadrants_matching_params():
     assert (ic.state[:, 0, :, 0] != ic.state[:, 0, :, -1]).all()
 
 
-def test_curved_interfaces_match_an_independent_evaluation():
-    # Loop-based re-evaluation of the published formula for CE-CRP and CE-RPUI.
-    for kind, shift in (("ce-crp", 0), ("ce-rpui", 2 * DISTRIBUTIONS["ce-rpui"]["modes_P"] ** 2)):
-        ic = sample(kind, 2, 12, seed=3)
-        rho = ic.state[:, 0]
-        P = DISTRIBUTIONS[kind]["modes_P"]
-        c = _centres(12)
-        for b in range(2):
-            a, be = ic.params["alpha"][b], ic.params["beta"][b]
-            for iy in range(12):
-                for ix in range(12):
-                    xx, yy = c[ix].item(), c[iy].item()
-                    s = [
-                        sum(
-                            a[k, i, j].item()
-                            * math.sin(
-                                2 * math.pi * (i + 1 + shift) * xx
-                                + (j + 1 + shift) * yy
-                                + be[k, i, j].item()
-                            )
-                            for i in range(P)
-                            for j in range(P)
-                        )
-                        for k in range(2)
-                    ]
-                    X, Y = (xx + s[0] + 1.0) % 1.0, (yy + s[1] + 1.0) % 1.0
-                    q = 2 * (Y >= 0.5) + (X >= 0.5)
-                    assert rho[b, iy, ix].item() == pytest.approx(ic.params["rho"][b, q].item())
+@pytest.mark.parametrize("kind, res", [("ce-crp", 24), ("ce-rpui", 64)])
+def test_curved_interfaces_match_an_independent_evaluation(kind, res):
+    # numpy re-evaluation of the published formula, term by term:
+    # s_k = sum_ij alpha_kij sin(2 pi f_i x + f_j y + beta_kij), f = (1..P) (+ 2P^2 for RPUI).
+    P = DISTRIBUTIONS[kind]["modes_P"]
+    f = np.arange(1, P + 1) + (2 * P**2 if kind == "ce-rpui" else 0)
+    ic = sample(kind, 4, res, seed=3)
+    c = (np.arange(res) + 0.5) / res
+    y, x = np.meshgrid(c, c, indexing="ij")
+    for b in range(4):
+        a, be = ic.params["alpha"][b].numpy(), ic.params["beta"][b].numpy()
+        s = np.zeros((2, res, res))
+        for k in range(2):
+            for i in range(P):
+                for j in range(P):
+                    s[k] += a[k, i, j] * np.sin(2 * np.pi * f[i] * x + f[j] * y + be[k, i, j])
+        X, Y = np.mod(x + s[0] + 1.0, 1.0), np.mod(y + s[1] + 1.0, 1.0)
+        q = 2 * (Y >= 0.5) + (X >= 0.5)
+        expect = ic.params["rho"][b].numpy()[q]
+        np.testing.assert_array_equal(ic.state[b, 0].numpy(), expect)
 
 
 def test_rpui_interfaces_stay_close_to_the_quadrant_lines():
