@@ -79,6 +79,7 @@ def test_tiny_training_run_lowers_the_validation_loss(data_dir, tmp_path):
     # the checkpoint alone rebuilds the model: same validation numbers
     model, info = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert info.epoch == 5 and info.model_config["preset"] == "unet-tiny"
+    assert sorted(info.split) == sorted(str(p) for p in data_dir.glob("*.h5"))
     torch.testing.assert_close(info.channel_rms, data.channel_rms)
     again = evaluate(model, data.val, SMSE(info.channel_rms))
     assert again["one_step"] == pytest.approx(after["val_one_step"], rel=1e-6)
@@ -196,3 +197,22 @@ def test_models_command_lists_presets_with_counts():
     for name in models.PRESETS:
         assert name in result.output
     assert "12,007,708" in result.output and "4,936,192" in result.output
+
+
+def test_augmentation_moves_input_and_targets_with_the_same_element():
+    from symaudit import FieldLayout
+    from symaudit.groups import Dihedral4
+    from symaudit.training.trainer import _augment
+
+    elements = list(Dihedral4(FieldLayout.euler()))
+    x = torch.randn(3, 4, 8, 8)
+    y = torch.randn(3, 2, 4, 8, 8)  # two unrolled targets
+    d4_idx = torch.tensor([0, 1, 6])
+    shifts = torch.tensor([[0, 0], [1, 2], [5, 3]])
+    xa, ya = _augment(x, y, d4_idx, shifts, elements)
+    for i in range(3):
+        g = elements[int(d4_idx[i])]
+        s = tuple(shifts[i].tolist())
+        assert torch.equal(xa[i], torch.roll(g(x[i]), s, dims=(-2, -1)))
+        assert torch.equal(ya[i], torch.roll(g(y[i]), s, dims=(-2, -1)))
+    assert torch.equal(xa[0], x[0]) and not torch.equal(xa[2], x[2])

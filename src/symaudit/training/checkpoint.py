@@ -68,6 +68,7 @@ class CheckpointInfo:
     layout: FieldLayout
     channel_rms: torch.Tensor
     history: list[dict[str, Any]]
+    split: dict[str, Any]  # dataset file -> (train trajectory ids, validation ids)
 
 
 def capture_rng() -> dict[str, Any]:
@@ -169,5 +170,6 @@ def load_checkpoint(
         layout=layout,
         channel_rms=torch.as_tensor(data["channel_rms"], dtype=torch.float64),
         history=list(data["history"]),
+        split=dict(data.get("split", {})),
     )
     return model.eval(), info
