@@ -95,6 +95,13 @@ def test_resume_after_an_interruption_is_bitwise_identical(data_dir, tmp_path):
     assert torch.equal(_flat(full.model), _flat(rest.model))
     assert _same_history(full.history, rest.history)
     assert train(cfg, tmp_path / "split", progress=False).epochs_run == 0  # already done
+    # interrupted mid-epoch, right after an intra-epoch checkpoint (4 steps per epoch here)
+    mid = _config(data_dir, epochs=2, augment="d4+shift", unroll=2, checkpoint_every=3)
+    part = train(mid, tmp_path / "mid", progress=False, stop_after_steps=3)
+    assert part.epochs_run == 0 and load_checkpoint(tmp_path / "mid" / "checkpoint.pt")[1].step == 3
+    rest = train(mid, tmp_path / "mid", progress=False)
+    assert torch.equal(_flat(full.model), _flat(rest.model))
+    assert _same_history(full.history, rest.history)
     # and the augmentation really changes training (else this test would prove little)
     plain = train(_config(data_dir, epochs=2, unroll=2), tmp_path / "plain", progress=False)
     assert not torch.equal(_flat(full.model), _flat(plain.model))
@@ -108,7 +115,7 @@ def test_sigkilled_cli_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     cmd = [sys.executable, "-c", "from symaudit.cli import main; main()", "train"]
     cmd += ["--model", cfg.model, "--data", str(data_dir), "--out", str(run)]
     cmd += ["--epochs", "5", "--batch-size", "8", "--lr", "0.01", "--val-fraction", "0.25"]
-    cmd += ["--quiet"]
+    cmd += ["--checkpoint-every", "1", "--quiet"]  # kills may land mid-epoch too
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics = run / "metrics.jsonl"
@@ -141,7 +148,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, cfg_dict: dict, out: str)
 
 
 def test_ddp_on_two_cpu_processes_matches_a_single_process(data_dir, tmp_path):
-    cfg = _config(data_dir, epochs=2, dtype="float64", augment="d4")
+    cfg = _config(data_dir, epochs=2, dtype="float64", augment="d4", checkpoint_every=2)
     single = train(cfg, tmp_path / "single", progress=False)
     out = tmp_path / "ddp"
     mp.spawn(

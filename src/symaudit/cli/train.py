@@ -57,6 +57,9 @@ def train(
         list[str] | None,
         typer.Option(help="Model constructor override KEY=VALUE (JSON value), repeatable."),
     ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Also checkpoint every N steps within epochs (0: epoch ends).")
+    ] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train an autoregressive emulator with SMSE and Adam; checkpoint every epoch.
@@ -97,6 +100,7 @@ def train(
             dtype=dtype,
             device=device,
             model_overrides=dict(_parse_override(o) for o in override or []),
+            checkpoint_every=checkpoint_every,
         )
         result = run(config, out, progress=not quiet, log=typer.echo)
     except (ValueError, KeyError, DatasetError, CheckpointError) as exc:

@@ -49,7 +49,7 @@ AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 # Settings that may differ between a run and its resumption (they do not change the result).
-_RESUMABLE_DIFFERENCES = {"device"}
+_RESUMABLE_DIFFERENCES = {"device", "checkpoint_every"}
 
 
 @dataclass
@@ -59,7 +59,9 @@ class TrainConfig:
     ``data``: dataset files or directories; ``snapshots``: 'all', a count N (first N), or
     'a:b[:s]'; ``batch_size``: global batch (split over DDP ranks); ``schedule``: 'cosine' or
     'constant'; ``unroll``: steps of the multi-step loss; ``augment``: one of AUGMENTATIONS
-    (a random D4 element and/or periodic shift per sample, applied to input and targets).
+    (a random D4 element and/or periodic shift per sample, applied to input and targets);
+    ``checkpoint_every``: also checkpoint every N steps within an epoch (0: at epoch ends
+    only) — for long epochs; it does not change the result, so a resume may change it.
     """
 
     model: str = "unet-small"
@@ -77,6 +79,7 @@ class TrainConfig:
     dtype: str = "float32"
     device: str = "cpu"
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str | os.PathLike):
@@ -228,14 +231,16 @@ def train(
     *,
     progress: bool = True,
     stop_after: int | None = None,
+    stop_after_steps: int | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``out_dir``; returns the model and metrics history.
 
     ``out_dir`` receives ``checkpoint.pt`` (after every epoch, atomically), ``metrics.jsonl``
     (one JSON line per epoch) and ``config.json``. If a checkpoint is there, training resumes
-    from it (the settings must match, else `CheckpointError`). ``stop_after`` ends this call
-    after that many epochs (a planned interruption). Uses the initialised
+    from it (the settings must match, else `CheckpointError`). ``stop_after`` /
+    ``stop_after_steps`` end this call after that many epochs / optimiser steps (a planned
+    interruption, after any checkpoint due at that point). Uses the initialised
     `torch.distributed` process group if there is one (see module docstring).
     """
     out = Path(out_dir)
@@ -276,7 +281,7 @@ def train(
     model = build_from_config(mcfg).to(device=device, dtype=dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     history: list[dict[str, Any]] = []
-    start_epoch, step = 0, 0
+    start_epoch, step, start_batch, resumed_loss = 0, 0, 0, 0.0
     if ckpt_path.exists():
         saved = read_checkpoint(ckpt_path, map_location=device)
         _check_resume(saved["config"], config, ckpt_path)
@@ -289,7 +294,12 @@ def train(
             raise CheckpointError(f"{ckpt_path}: state does not fit the model: {exc}") from exc
         restore_rng(saved["rng"])
         start_epoch, step, history = int(saved["epoch"]), int(saved["step"]), saved["history"]
-        say(f"resuming {out} after epoch {start_epoch}/{config.epochs} (step {step})")
+        start_batch, resumed_loss = int(saved.get("batch", 0)), float(saved.get("epoch_loss", 0))
+        if start_epoch < config.epochs:
+            say(
+                f"resuming {out} at epoch {start_epoch + 1}/{config.epochs}, "
+                f"batch {start_batch} (step {step})"
+            )
     elif rank == 0:
         _write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2))
 
@@ -298,20 +308,46 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def save(epoch_done: int, batch: int, epoch_loss: float) -> None:
+        save_checkpoint(
+            ckpt_path,
+            {
+                "model_config": mcfg,
+                "model_state": model.state_dict(),
+                "optimizer_state": optimizer.state_dict(),
+                "epoch": epoch_done,
+                "batch": batch,  # batches of the next epoch already done (mid-epoch save)
+                "epoch_loss": epoch_loss,  # their summed loss, over all ranks
+                "step": step,
+                "rng": capture_rng(),
+                "config": config.to_dict(),
+                "layout": data.layout.to_json(),
+                "channel_rms": data.channel_rms,
+                "history": history,
+                "split": data.split,
+            },
+        )
+
     bar = _progress(progress and rank == 0)
-    epochs_run = samples_seen = 0
+    epochs_run = samples_seen = steps_run = 0
+    stopped = False
     with bar:
-        task = bar.add_task("train", total=(config.epochs - start_epoch) * steps_per_epoch)
+        total = (config.epochs - start_epoch) * steps_per_epoch - start_batch
+        task = bar.add_task("train", total=total)
         for epoch in range(start_epoch, config.epochs):
-            if stop_after is not None and epochs_run >= stop_after:
+            if stopped or (stop_after is not None and epochs_run >= stop_after):
                 break
             t0 = time.perf_counter()
             gen = _epoch_generator(config.seed, epoch)
             order = torch.randperm(n, generator=gen)
             d4_idx, shifts = _draw_augmentations(config, n, gen, tuple(data.train.shape[-2:]))
             model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            for b in range(steps_per_epoch):
+            first = start_batch if epoch == start_epoch else 0
+            # each rank holds 1/world of the resumed partial sum; all_reduce restores it
+            loss_sum = torch.full((), resumed_loss / world, dtype=torch.float64, device=device)
+            if first == 0:
+                loss_sum.zero_()
+            for b in range(first, steps_per_epoch):
                 idx = order[b * config.batch_size : (b + 1) * config.batch_size]
                 idx = idx[rank * local_batch : (rank + 1) * local_batch]
                 x, y = data.pairs(idx, config.unroll)
@@ -337,9 +373,32 @@ def train(
                 loss.backward()
                 optimizer.step()
                 step += 1
+                steps_run += 1
                 samples_seen += x.shape[0]
                 loss_sum += loss.detach().double()
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs}")
+                last_batch = b + 1 == steps_per_epoch
+                if (
+                    config.checkpoint_every
+                    and step % config.checkpoint_every == 0
+                    and not last_batch
+                ):
+                    partial = loss_sum.clone()
+                    if world > 1:
+                        dist.all_reduce(partial)
+                    if rank == 0:
+                        save(epoch, b + 1, float(partial))
+                    if world > 1:
+                        dist.barrier()
+                if (
+                    stop_after_steps is not None
+                    and steps_run >= stop_after_steps
+                    and not last_batch
+                ):
+                    stopped = True
+                    break
+            if stopped:
+                break
             if world > 1:
                 dist.all_reduce(loss_sum)
             train_loss = float(loss_sum) / (world * steps_per_epoch)
@@ -356,22 +415,7 @@ def train(
                     / (time.perf_counter() - t0),
                 }
                 history.append(metrics)
-                save_checkpoint(
-                    ckpt_path,
-                    {
-                        "model_config": mcfg,
-                        "model_state": model.state_dict(),
-                        "optimizer_state": optimizer.state_dict(),
-                        "epoch": epoch + 1,
-                        "step": step,
-                        "rng": capture_rng(),
-                        "config": config.to_dict(),
-                        "layout": data.layout.to_json(),
-                        "channel_rms": data.channel_rms,
-                        "history": history,
-                        "split": data.split,
-                    },
-                )
+                save(epoch + 1, 0, 0.0)
                 _write_text_atomic(
                     out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in history)
                 )
@@ -382,6 +426,8 @@ def train(
             if world > 1:
                 dist.barrier()
             epochs_run += 1
+            if stop_after_steps is not None and steps_run >= stop_after_steps:
+                break
     return TrainResult(model, history, ckpt_path, epochs_run, samples_seen)
 
 
