@@ -151,31 +151,51 @@ def test_solver_failure_names_global_trajectory_and_keeps_finished_work(tmp_path
         assert ds.done.tolist() == [True, True, False, False, False]
 
 
-def test_settings_mismatch_existing_output_and_overwrite(tmp_path, monkeypatch):
-    out = tmp_path / "m.h5"
-    calls = _fail_on_second_batch(monkeypatch)
+def _interrupted(out, monkeypatch):
+    """A partial run of SMALL with trajectories 0, 1 done (the second batch fails)."""
+    _fail_on_second_batch(monkeypatch)
     with pytest.raises(GenerationError):
         generate(SMALL, out, batch_size=2)
     monkeypatch.undo()
+
+
+def test_settings_mismatch_existing_output_and_overwrite(tmp_path, monkeypatch):
+    clean = _fields(generate(SMALL, tmp_path / "clean.h5"))
     changed = GenerationSettings(**{**SMALL.fingerprint(), "seed": 99})
+    out = tmp_path / "m.h5"
+    _interrupted(out, monkeypatch)
     with pytest.raises(GenerationError, match="seed: file has 11, requested 99"):
         generate(changed, out, batch_size=2)
     with pytest.raises(GenerationError, match="resolution: file has 16, requested 8"):
         generate(GenerationSettings(**{**SMALL.fingerprint(), "resolution": 8}), out)
-    # Discarding the partial run with overwrite gives exactly the clean result.
-    generate(changed, out, batch_size=2, overwrite=True)
-    clean = generate(changed, tmp_path / "clean.h5")
-    assert _fields(out).tobytes() == _fields(clean).tobytes()
+    # overwrite never discards a partial run of the same settings: it is resumed, and only
+    # the missing trajectories are simulated.
+    sizes = []
+    real = euler.evolve
+
+    def counting(state, times, **kw):
+        sizes.append(len(state))
+        return real(state, times, **kw)
+
+    monkeypatch.setattr(euler, "evolve", counting)
+    generate(SMALL, out, batch_size=2, overwrite=True)
+    monkeypatch.undo()
+    assert sizes == [2, 1]
+    assert _fields(out).tobytes() == clean.tobytes()
+    # A partial run of other settings is discarded by overwrite; the result is the clean one.
+    other = tmp_path / "o.h5"
+    _interrupted(other, monkeypatch)
+    generate(changed, other, batch_size=2, overwrite=True)
+    assert _fields(other).tobytes() == _fields(generate(changed, tmp_path / "c.h5")).tobytes()
     # A complete output is never replaced silently...
-    before = out.read_bytes()
+    before = other.read_bytes()
     with pytest.raises(GenerationError, match="already exists; pass --overwrite"):
-        generate(SMALL, out)
-    assert out.read_bytes() == before
-    # ...and --overwrite replaces it (only once the new file is complete).
-    generate(SMALL, out, overwrite=True)
-    with open_dataset(out) as ds:
-        assert ds.metadata["seed"] == 11
-    assert len(calls) == 2
+        generate(SMALL, other)
+    assert other.read_bytes() == before
+    # ...and overwrite replaces it (only once the new file is complete).
+    generate(SMALL, other, overwrite=True)
+    assert _fields(other).tobytes() == clean.tobytes()
+    assert not partial_path(other).exists() and not partial_path(out).exists()
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ uninterrupted run (every trajectory has its own IC generator and, per the solver
 own time step, so results do not depend on batching).
 
 A partial file written with different settings is never mixed with new data: rerunning raises
-`GenerationError` naming the differing settings (``overwrite=True`` restarts from scratch).
+`GenerationError` naming the differing settings (``overwrite=True`` discards it and restarts;
+a partial file of the same settings is resumed either way).
 An existing complete output is only replaced with ``overwrite=True``, and only once the new
 file is complete.
 """
@@ -140,33 +141,29 @@ def _param_shapes(kind: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in probe.params.items()}
 
 
-def _open_partial(path: Path, settings: GenerationSettings) -> h5py.File:
+def _partial_problem(path: Path, settings: GenerationSettings) -> str | None:
+    """None if ``path`` is a partial file of these settings (resumable), else why not."""
     try:
-        f = h5py.File(path, "r+")
+        with h5py.File(path, "r") as f:
+            stored = json.loads(f.attrs["metadata"])["generation"]
+            if f["done"].shape != (settings.trajectories,):
+                raise KeyError("done")
     except OSError as exc:
-        raise GenerationError(
-            f"{path} exists but cannot be opened ({exc}); delete it or pass --overwrite to restart"
-        ) from exc
-    try:
-        stored = json.loads(f.attrs["metadata"])["generation"]
+        return f"{path} exists but cannot be opened ({exc}); delete it or pass --overwrite"
     except (KeyError, ValueError, TypeError):
-        f.close()
-        raise GenerationError(
-            f"{path} is not a symaudit partial dataset; delete it or pass --overwrite"
-        ) from None
+        return f"{path} is not a symaudit partial dataset; delete it or pass --overwrite"
     ours = json.loads(json.dumps(settings.fingerprint()))
-    if stored != ours:
-        diff = ", ".join(
-            f"{k}: file has {stored.get(k)!r}, requested {ours.get(k)!r}"
-            for k in sorted(set(stored) | set(ours))
-            if stored.get(k) != ours.get(k)
-        )
-        f.close()
-        raise GenerationError(
-            f"{path} holds an interrupted run with different settings ({diff}); rerun with the "
-            "same settings to resume it, or pass --overwrite to discard it and restart"
-        )
-    return f
+    if stored == ours:
+        return None
+    diff = ", ".join(
+        f"{k}: file has {stored.get(k)!r}, requested {ours.get(k)!r}"
+        for k in sorted(set(stored) | set(ours))
+        if stored.get(k) != ours.get(k)
+    )
+    return (
+        f"{path} holds an interrupted run with different settings ({diff}); rerun with the "
+        "same settings to resume it, or pass --overwrite to discard it and restart"
+    )
 
 
 def _solver_failure(exc: Exception, first: int, rows: list[int]) -> GenerationError:
@@ -240,8 +237,9 @@ def generate(
         settings: what to generate (validated here; invalid values raise `ValueError`).
         out: final dataset path; work happens in `partial_path(out)`.
         batch_size: trajectories evolved together (memory/speed only; does not change data).
-        overwrite: replace an existing complete ``out`` / discard a partial file with other
-            settings. Without it both raise `GenerationError`.
+        overwrite: replace an existing complete ``out`` (once the new file is complete) and
+            discard a partial file with other settings; without it both raise
+            `GenerationError`. A partial file with the same settings is always resumed.
         progress: show a rich progress bar.
 
     Returns the output path. Solver failures raise `GenerationError` naming the trajectory's
@@ -260,8 +258,12 @@ def generate(
     if out.exists() and not overwrite:
         raise GenerationError(f"{out} already exists; pass --overwrite to replace it")
     partial = partial_path(out)
-    if partial.exists() and overwrite:
-        partial.unlink()
+    if partial.exists():
+        problem = _partial_problem(partial, settings)
+        if problem is not None:
+            if not overwrite:
+                raise GenerationError(problem)
+            partial.unlink()  # a partial run of these very settings is resumed, never discarded
     if not partial.exists():
         tmp = partial.with_name(partial.name + f".tmp-{os.getpid()}")
         try:
@@ -282,7 +284,7 @@ def generate(
     times = settings.times()
     dtype, device = _DTYPES[settings.dtype], torch.device(settings.device)
     k, n = settings.supersample, settings.trajectories
-    with _open_partial(partial, settings) as f:
+    with h5py.File(partial, "r+") as f:
         done = f["done"][...].astype(bool)
         bar = _Progress(progress, n, int(done.sum()), settings.t_final)
         try:
