@@ -223,3 +223,20 @@ def test_augmentation_moves_input_and_targets_with_the_same_element():
         assert torch.equal(xa[i], torch.roll(g(x[i]), s, dims=(-2, -1)))
         assert torch.equal(ya[i], torch.roll(g(y[i]), s, dims=(-2, -1)))
     assert torch.equal(xa[0], x[0]) and not torch.equal(xa[2], x[2])
+
+
+def test_models_adapt_to_the_dataset_layout(tmp_path):
+    from symaudit import Channel, FieldLayout
+    from symaudit.data.store import write_dataset
+
+    layout = FieldLayout(
+        [Channel("u", "velocity", "x"), Channel("v", "velocity", "y"), Channel("c")]
+    )
+    fields = torch.randn(6, 3, 3, 16, 16) + torch.tensor([0.0, 0.0, 2.0]).view(3, 1, 1)
+    write_dataset(tmp_path / "vel.h5", fields, [0.0, 0.1, 0.2], layout, {"ic_kind": "test"})
+    for name in ("unet-tiny", "gcnn-tiny"):
+        cfg = _config(tmp_path / "vel.h5", model=name, epochs=1, batch_size=4)
+        train(cfg, tmp_path / name, progress=False)
+        model, info = load_checkpoint(tmp_path / name / "checkpoint.pt")
+        assert info.layout == layout
+        assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3, 16, 16)

@@ -205,6 +205,9 @@ def _resolve_model_config(config: TrainConfig, data: TransitionData) -> dict[str
         cfg["kwargs"]["resolution"] = list(data.train.shape[-2:])
     if cfg["architecture"] == "gcnn" and "layout" not in overrides:
         cfg["kwargs"]["layout"] = data.layout.to_dict()
+    c = data.layout.num_channels
+    if cfg["architecture"] in ("unet", "vit") and c != 4 and "in_channels" not in overrides:
+        cfg["kwargs"].update(in_channels=c, out_channels=c)  # presets default to 4 (Euler)
     return cfg
 
 
