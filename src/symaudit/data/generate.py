@@ -184,6 +184,7 @@ class _Progress:
 
     def __init__(self, enabled: bool, total: int, done: int, t_final: float) -> None:
         self.enabled, self.t_final = enabled, t_final
+        self._done, self._rows = done, 0
         if not enabled:
             return
         from rich.progress import (
@@ -210,13 +211,19 @@ class _Progress:
             "generating", total=total, completed=done, sim_t=0.0, t_final=t_final
         )
 
+    def batch_start(self, n: int) -> None:
+        self._rows = n
+
     def sim_time(self, t: float) -> None:
+        # Fractional progress inside a batch keeps the ETA moving on long batches.
         if self.enabled:
-            self._bar.update(self._task, sim_t=t)
+            frac = self._rows * t / self.t_final
+            self._bar.update(self._task, completed=self._done + frac, sim_t=t)
 
     def batch_done(self, n: int) -> None:
         if self.enabled:
-            self._bar.update(self._task, advance=n)
+            self._done += n
+            self._bar.update(self._task, completed=self._done)
 
     def close(self) -> None:
         if self.enabled:
@@ -303,6 +310,7 @@ def generate(
                     dtype=dtype,
                     device=device,
                 )
+                bar.batch_start(len(rows))
                 try:
                     traj = euler.evolve(
                         ic.state[rows],
