@@ -1,20 +1,22 @@
-"""Tiny models (P <= 5000) and group stand-ins for the influence tests, where dense oracles
-(eta formed with jacrev) are affordable."""
+"""Tiny models (P <= 5000) for the influence tests, where dense oracles (eta formed with
+jacrev, per-sample gradients by plain autograd) are affordable."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from symaudit import SMSE, FieldLayout
+from symaudit import SMSE, FieldLayout, models
 from symaudit.diagnostics.metric import MetricOperator
 
 LAYOUT = FieldLayout.euler()
 
 
 class TinyConv(nn.Module):
-    """UNet-shaped ingredients: circular 3x3 convs, GroupNorm, GELU, a residual connection."""
+    """Plain CNN without striding: circular 3x3 convs, GroupNorm, GELU, a residual connection
+    (equivariant to every periodic shift, not to rotations)."""
 
     def __init__(self, width: int = 8, padding_mode: str = "circular") -> None:
         super().__init__()
@@ -29,100 +31,14 @@ class TinyConv(nn.Module):
         return x + self.out(h)
 
 
-class TinyViT(nn.Module):
-    """ViT-shaped: 2x2 patches, learned absolute position embedding, one pre-LN block with
-    scaled-dot-product attention (the fused kernel forward AD cannot differentiate)."""
-
-    def __init__(self, grid: int = 8, dim: int = 16, patch: int = 2, heads: int = 2) -> None:
-        super().__init__()
-        self.patch, self.heads, self.grid = patch, heads, grid
-        n = (grid // patch) ** 2
-        self.embed = nn.Linear(4 * patch * patch, dim)
-        self.pos = nn.Parameter(0.1 * torch.randn(n, dim))
-        self.ln1 = nn.LayerNorm(dim)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-        self.head = nn.Linear(dim, 4 * patch * patch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        p = self.patch
-        t = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
-        t = self.embed(t.reshape(b, (h // p) * (w // p), c * p * p)) + self.pos
-        q, k, v = self.qkv(self.ln1(t)).chunk(3, dim=-1)
-        split = lambda z: z.reshape(b, -1, self.heads, z.shape[-1] // self.heads).transpose(1, 2)  # noqa: E731
-        a = F.scaled_dot_product_attention(split(q), split(k), split(v))
-        t = t + self.proj(a.transpose(1, 2).reshape(b, -1, q.shape[-1]))
-        t = t + self.mlp(self.ln2(t))
-        o = self.head(t).reshape(b, h // p, w // p, c, p, p).permute(0, 3, 1, 4, 2, 5)
-        return x + o.reshape(b, c, h, w)
-
-
-class D4Element:
-    """Stand-in for a D4 element r^rot s^flip on Euler fields (s first): the grid moves and
-    the momentum components transform with it."""
-
-    def __init__(self, rot: int, flip: bool) -> None:
-        self.rot, self.flip = rot % 4, flip
-        self.name = ("e" if rot == 0 and not flip else "") + (
-            ("r" if rot == 1 else f"r{rot}" if rot else "") + ("s" if flip else "")
-        )
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.clone()
-        if self.flip:  # (x, y) -> (-x, y)
-            x = x.flip(-1)
-            x[..., 1, :, :] = -x[..., 1, :, :]
-        for _ in range(self.rot):  # (x, y) -> (-y, x), grid rotated the same way
-            if x.shape[-1] != x.shape[-2]:
-                raise ValueError("rotation needs a square grid")
-            x = torch.rot90(x, 1, dims=(-1, -2))
-            mx, my = x[..., 1, :, :].clone(), x[..., 2, :, :].clone()
-            x[..., 1, :, :], x[..., 2, :, :] = -my, mx
-        return x
-
-    def inverse_apply(self, x: torch.Tensor) -> torch.Tensor:
-        for _ in range((4 - self.rot) % 4):
-            x = D4Element(1, False)(x)
-        return D4Element(0, True)(x) if self.flip else x
-
-
-def d4() -> list[D4Element]:
-    return [D4Element(k, m) for m in (False, True) for k in range(4)]
-
-
-class Shift:
-    """Stand-in for a periodic translation by (dy, dx) cells."""
-
-    def __init__(self, dy: int, dx: int) -> None:
-        self.dy, self.dx = dy, dx
-        self.name = f"t({dx},{dy})"
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.roll(x, (self.dy, self.dx), dims=(-2, -1))
-
-
-class D4Symmetrised(nn.Module):
-    """Exactly D4-equivariant: f(x) = mean_h h^{-1} base(h x)."""
-
-    def __init__(self, base: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-        self.elems = d4()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([h.inverse_apply(self.base(h(x))) for h in self.elems]).mean(0)
+#: grid size per model kind (the UNet pools four times; the ViT preset is built for 16^2)
+GRID = {"unet": 16, "vit": 16, "gcnn": 8, "conv": 8}
 
 
 def make(kind: str, dtype: torch.dtype = torch.float64, seed: int = 0) -> nn.Module:
+    """The models helper's `*-tiny` presets, or the plain circular CNN ``"conv"``."""
     torch.manual_seed(seed)
-    model = {
-        "conv": lambda: TinyConv(),
-        "vit": lambda: TinyViT(),
-        "gcnn": lambda: D4Symmetrised(TinyConv(width=6, padding_mode="zeros")),
-    }[kind]()
+    model = TinyConv() if kind == "conv" else models.build(f"{kind}-tiny")
     return model.to(dtype)
 
 
@@ -145,7 +61,7 @@ def dense_jacobian(op: MetricOperator, x: torch.Tensor) -> torch.Tensor:
     from symaudit.diagnostics.metric import _eval_math_attention
 
     with _eval_math_attention(op.model):
-        J = jacrev(lambda th: op.forward(th, x))(op.theta)
+        J = jacrev(lambda th: op.forward(th, x), chunk_size=64)(op.theta)
     return J.reshape(-1, op.num_params)
 
 
@@ -158,3 +74,13 @@ def dense_gradients(op: MetricOperator, lossfn: SMSE, x: torch.Tensor, y: torch.
         (g,) = torch.autograd.grad(c, th)
         cols.append(g)
     return torch.stack(cols, 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are dominated by per-op overhead: a second intra-op thread only adds
+    synchronisation (measured ~8x slower CPU time on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -275,7 +275,8 @@ def influence(
         max_iter (500), preconditioner ("nystrom" or None), rank (Nyström rank, 128),
         cosine (True), params (module-name prefixes; default all), chunk_size (columns per
         vmap chunk of chi products, 32), grad_chunk_size (samples per vmap chunk of per-sample
-        gradients, 8), seed (0), progress (False): see ``influence_sweep``.
+        gradients, 8), block_columns (right-hand sides solved together, 128: test and
+        transformed states share CG calls), seed (0), progress (False).
 
     Returns: `InfluenceResult`. Non-converged solves raise `ConvergenceWarning` and are marked
     in ``result.reports``.
@@ -301,6 +302,7 @@ def influence_sweep(
     params: Sequence[str] | None = None,
     chunk_size: int | None = 32,
     grad_chunk_size: int | None = 8,
+    block_columns: int = 128,
     seed: int = 0,
     progress: bool = False,
 ) -> list[InfluenceResult]:
@@ -378,7 +380,6 @@ def influence_sweep(
                     op,
                     sketch,
                     elems,
-                    names,
                     (xt, xt1),
                     transformed,
                     B0,
@@ -388,10 +389,10 @@ def influence_sweep(
                     rtol,
                     max_iter,
                     cosine,
+                    block_columns,
                     prog,
                     dict(times),
                     spectrum,
-                    metric_desc,
                 )
             )
     model_hash = model_checksum(model)
@@ -458,86 +459,108 @@ def _resolve_damping(d: float | str, spectrum: dict) -> tuple[float, str]:
 
 
 def _one_damping(
-    op,
-    sketch,
-    elems,
-    names,
-    test,
-    transformed,
-    B0,
+    op: MetricOperator,
+    sketch: NystromPreconditioner | None,
+    elems: list,
+    test: Transitions,
+    transformed: list[Transitions],
+    B0: torch.Tensor,
     grads,
-    lam,
-    rule,
-    rtol,
-    max_iter,
-    cosine,
-    prog,
-    times,
-    spectrum,
-    metric_desc,
+    lam: float,
+    rule: str,
+    rtol: float,
+    max_iter: int,
+    cosine: bool,
+    block_columns: int,
+    prog: _Progress,
+    times: dict[str, float],
+    spectrum: dict,
 ) -> InfluenceResult:
+    """One damping: solve chi X = [grad C_{x_i} | grad C_{g x_j} ...] in column blocks of at
+    most ``block_columns`` (the test columns first: their solutions u_i are needed by every
+    element), then M^g = U^T grad C_{g x} and the quadratic forms."""
     op.damping = lam
-    pc = None
     if sketch is not None:
         sketch.mu = lam
-        pc = sketch
-    reports: dict[str, SolveReport] = {}
+    n = B0.shape[1]
+    G = len(elems)
+    # elements that leave the test states unchanged (the identity) reuse the test gradients
+    same = [torch.equal(a, test[0]) and torch.equal(b, test[1]) for a, b in transformed]
+    todo = [k for k in range(G) if not same[k]]
+    per_block = max(1, block_columns // n - 1)
+    blocks = [todo[i : i + per_block] for i in range(0, len(todo), per_block)] if cosine else []
+    if not blocks:
+        blocks = [[]]
+    raw = torch.empty(G, n, n, dtype=torch.float64)
+    tnorms = torch.empty(G, n, dtype=torch.float64) if cosine else None
+    qerr_t = torch.zeros(G, n, dtype=torch.float64)
+    test_reports: list[SolveReport] = []
+    cos_reports: list[SolveReport] = []
+    times.update(gradients_transformed=0.0, solve=0.0)
+    U = q0 = qe0 = None
 
-    def solve(B: torch.Tensor, what: str) -> torch.Tensor:
+    def quad(Bm: torch.Tensor, Xm: torch.Tensor, res: list[float]) -> tuple:
+        q = (Bm * Xm).sum(0).double()
+        # CG from zero: 0 <= b^T chi^-1 b - b^T x = r^T chi^-1 r <= ||r||^2 / lambda
+        r = torch.tensor(res, dtype=torch.float64, device=q.device) * Bm.double().norm(dim=0)
+        return q, r.square() / lam / q.clamp_min(1e-300)
+
+    for bi, block in enumerate(blocks):
+        t0 = time.perf_counter()
+        mats = [grads(transformed[k]) for k in block]
+        times["gradients_transformed"] += time.perf_counter() - t0
+        cols = ([B0] if bi == 0 else []) + mats
+        t0 = time.perf_counter()
+        what = "test + cosine" if bi == 0 and mats else ("test" if bi == 0 else "cosine")
         X, rep = cg(
             op,
-            B,
+            torch.cat(cols, 1),
             rtol=rtol,
             max_iter=max_iter,
-            preconditioner=pc,
-            callback=prog.solve_callback(f"{what} (λ={lam:.3g})", max_iter),
+            preconditioner=sketch,
+            callback=prog.solve_callback(f"{what} {bi + 1}/{len(blocks)} (λ={lam:.3g})", max_iter),
         )
-        reports[what] = rep
-        return X
-
-    t0 = time.perf_counter()
-    U = solve(B0, "test")
-    times["solve_test"] = time.perf_counter() - t0
-    q0 = (B0 * U).sum(0).double()
-    r0 = torch.tensor(reports["test"].residuals, dtype=torch.float64)
-    bn0 = B0.double().norm(dim=0)
-    qerr = {"test": (r0 * bn0).square() / lam / q0.clamp_min(1e-300)}
-
-    raw = torch.empty(len(elems), B0.shape[1], B0.shape[1], dtype=torch.float64)
-    tnorms = torch.empty(len(elems), B0.shape[1], dtype=torch.float64) if cosine else None
-    qerr_t = torch.zeros(len(elems), B0.shape[1], dtype=torch.float64)
-    times["gradients_transformed"] = 0.0
-    times["solve_cosine"] = 0.0
-    for k, (g, batch) in enumerate(zip(elems, transformed, strict=True)):
-        t0 = time.perf_counter()
-        # an element that leaves the test states unchanged (the identity) reuses their gradients
-        same = torch.equal(batch[0], test[0]) and torch.equal(batch[1], test[1])
-        Bg = B0 if same else grads(batch)
-        times["gradients_transformed"] += time.perf_counter() - t0
-        raw[k] = (U.T @ Bg).double().cpu()
-        if cosine:
-            t0 = time.perf_counter()
-            if same:  # identity element: the test solve already gives the norms
-                qg, qe = q0, qerr["test"]
-            else:
-                V = solve(Bg, f"cosine/{g.name}")
-                qg = (Bg * V).sum(0).double()
-                rg = torch.tensor(reports[f"cosine/{g.name}"].residuals, dtype=torch.float64)
-                qe = (rg * Bg.double().norm(dim=0)).square() / lam / qg.clamp_min(1e-300)
+        times["solve"] += time.perf_counter() - t0
+        off = 0
+        if bi == 0:
+            U = X[:, :n]
+            test_reports.append(rep.select(list(range(n))))
+            q0, qe0 = quad(B0, U, test_reports[-1].residuals)
+            off = n
+        for k, Bg in zip(block, mats, strict=True):
+            sel = list(range(off, off + n))
+            cos_reports.append(rep.select(sel))
+            qg, qe = quad(Bg, X[:, off : off + n], cos_reports[-1].residuals)
             tnorms[k] = qg.clamp_min(0).sqrt().cpu()
             qerr_t[k] = qe.cpu()
-            times["solve_cosine"] += time.perf_counter() - t0
+            raw[k] = (U.T @ Bg).double().cpu()
+            off += n
+    t0 = time.perf_counter()
+    for k in range(G):
+        if same[k]:
+            raw[k] = (U.T @ B0).double().cpu()
+            if cosine:
+                tnorms[k] = q0.clamp_min(0).sqrt().cpu()
+                qerr_t[k] = qe0.cpu()
+        elif not cosine:
+            Bg = grads(transformed[k])
+            raw[k] = (U.T @ Bg).double().cpu()
+    times["gradients_transformed"] += time.perf_counter() - t0
+    reports = {"test": SolveReport.merge(test_reports).to_dict()}
+    if cosine:
+        reports["cosine"] = SolveReport.merge(cos_reports).to_dict()
+    qerr = {"test": qe0.cpu()}
     if cosine:
         qerr["transformed"] = qerr_t
     return InfluenceResult(
-        elements=list(names),
+        elements=[g.name for g in elems],
         raw=raw,
         norms=q0.clamp_min(0).sqrt().cpu(),
         transformed_norms=tnorms,
         damping=lam,
-        reports={k: v.to_dict() for k, v in reports.items()},
+        reports=reports,
         timings=times,
-        settings={"damping_rule": rule},
+        settings={"damping_rule": rule, "block_columns": block_columns},
         spectrum=dict(spectrum),
-        quadratic_form_error={k: v.cpu() for k, v in qerr.items()},
+        quadratic_form_error=qerr,
     )

@@ -46,6 +46,7 @@ class SolveReport:
     iterations: list[int]
     converged: list[bool]
     products: int  # column products with A, including residual checks
+    column_products: list[int] = field(default_factory=list)  # the same, per column
     restarts: int = 0  # columns restarted because the recursive residual had drifted
     seconds: float = 0.0
     history: list[float] = field(default_factory=list)  # max active relative residual per iter
@@ -56,6 +57,23 @@ class SolveReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def select(self, columns: list[int]) -> SolveReport:
+        """The report restricted to some columns (products counted per column; the time and
+        history stay those of the whole block)."""
+        cp = [self.column_products[i] for i in columns]
+        return SolveReport(
+            rtol=self.rtol,
+            max_iter=self.max_iter,
+            residuals=[self.residuals[i] for i in columns],
+            iterations=[self.iterations[i] for i in columns],
+            converged=[self.converged[i] for i in columns],
+            products=sum(cp),
+            column_products=cp,
+            restarts=self.restarts,
+            seconds=self.seconds,
+            history=self.history,
+        )
 
     @staticmethod
     def merge(reports: list[SolveReport]) -> SolveReport:
@@ -69,6 +87,7 @@ class SolveReport:
             iterations=[i for rep in reports for i in rep.iterations],
             converged=[c for rep in reports for c in rep.converged],
             products=sum(rep.products for rep in reports),
+            column_products=[p for rep in reports for p in rep.column_products],
             restarts=sum(rep.restarts for rep in reports),
             seconds=sum(rep.seconds for rep in reports),
             history=[h for rep in reports for h in rep.history],
@@ -185,11 +204,13 @@ def cg(
     bnorm = _colnorm(B)
     tol = rtol * bnorm
     products = 0
+    colprod = torch.zeros(k, dtype=torch.long, device=B.device)
     X = torch.zeros_like(B) if X0 is None else X0.reshape(P, k).clone()
     R = B.clone()
     if X0 is not None:
         R -= A(X)
         products += k
+        colprod += 1
     iters = torch.zeros(k, dtype=torch.long, device=B.device)
     converged = _colnorm(R) <= tol  # includes b = 0 with x = 0
     Z = M(R)
@@ -207,6 +228,7 @@ def cg(
         p = Pd[:, active]
         Ap = A(p)
         products += len(active)
+        colprod[active] += 1
         pAp = (p * Ap).sum(0)
         if not bool((pAp > 0).all()):
             raise ValueError("operator is not positive definite (p^T A p <= 0 in CG)")
@@ -224,6 +246,7 @@ def cg(
         if len(cand):
             Rt = B[:, cand] - A(X[:, cand])
             products += len(cand)
+            colprod[cand] += 1
             ok = _colnorm(Rt) <= tol[cand]
             converged[cand[ok]] = True
             R[:, cand] = Rt
@@ -246,6 +269,7 @@ def cg(
     if len(todo):
         Rt = B[:, todo] - A(X[:, todo])
         products += len(todo)
+        colprod[todo] += 1
         R[:, todo] = Rt
         converged[todo] = _colnorm(Rt) <= tol[todo]
     res = (_colnorm(R) / bnorm.clamp_min(torch.finfo(B.dtype).tiny)).where(bnorm > 0, 0.0)
@@ -256,6 +280,7 @@ def cg(
         iterations=iters.tolist(),
         converged=converged.tolist(),
         products=products,
+        column_products=colprod.tolist(),
         restarts=restarts,
         seconds=time.perf_counter() - t0,
         history=history,

@@ -272,12 +272,12 @@ class MetricOperator:
         return lam
 
 
-def dense_eta(op: MetricOperator) -> torch.Tensor:
+def dense_eta(op: MetricOperator, chunk_size: int = 64) -> torch.Tensor:
     """eta formed explicitly `(P, P)` via ``torch.func.jacrev`` -- for tests on tiny models."""
     from torch.func import jacrev
 
     with _eval_math_attention(op.model):
-        J = jacrev(lambda th: op.forward(th, op._x))(op.theta)
+        J = jacrev(lambda th: op.forward(th, op._x), chunk_size=chunk_size)(op.theta)
     J = J.reshape(-1, op.num_params)
     w = op.weights.expand_as(op._x).reshape(-1, 1)
     return J.T @ (w * J)

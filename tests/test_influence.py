@@ -1,0 +1,187 @@
+"""Influence matrices against dense oracles; the equivariant control; solver honesty; files."""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from _tiny_models import (
+    GRID,
+    LAYOUT,
+    batch,
+    dense_gradients,
+    loss,
+    make,
+    one_thread,  # noqa: F401  (autouse fixture)
+)
+from symaudit.diagnostics.influence import (
+    DEFAULT_RELATIVE_DAMPING,
+    InfluenceFileError,
+    InfluenceResult,
+    influence,
+    influence_sweep,
+)
+from symaudit.diagnostics.krylov import ConvergenceWarning
+from symaudit.diagnostics.metric import MetricOperator, dense_eta
+from symaudit.groups import Dihedral4, Translations
+
+RTOL = 5e-3
+D4 = Dihedral4(LAYOUT)
+
+
+def _dense(model, lossfn, test, group, lam, metric=None):
+    """Dense M^g, norms and cosine with chi formed explicitly and per-sample gradients taken
+    one sample at a time with plain autograd."""
+    op = MetricOperator(model, lossfn, test if metric is None else metric)
+    chi = dense_eta(op) + lam * torch.eye(op.num_params, dtype=torch.float64)
+    B0 = dense_gradients(op, lossfn, *test)
+    U = torch.linalg.solve(chi, B0)
+    n0 = (B0 * U).sum(0).sqrt()
+    raw, cos = [], []
+    for g in group:
+        Bg = dense_gradients(op, lossfn, g(test[0]), g(test[1]))
+        M = B0.T @ torch.linalg.solve(chi, Bg)
+        ng = (Bg * torch.linalg.solve(chi, Bg)).sum(0).sqrt()
+        raw.append(M)
+        cos.append(M / n0[:, None] / ng[None, :])
+    return torch.stack(raw), torch.stack(cos), chi
+
+
+def _rel(a, b):
+    return float((a - b).flatten(1).norm(dim=1).max() / b.flatten(1).norm(dim=1).min())
+
+
+@pytest.mark.parametrize("kind", ["unet", "vit", "gcnn"])
+def test_matches_dense_oracle(kind):
+    model, lossfn = make(kind), loss()
+    test = batch(2, GRID[kind])
+    res = influence(model, lossfn, test, D4, rtol=RTOL, rank=32)
+    raw, cos, chi = _dense(model, lossfn, test, D4, res.damping)
+    assert res.elements == [g.name for g in D4]
+    assert res.all_converged
+    assert _rel(res.raw, raw) <= 10 * RTOL
+    assert _rel(res.frobenius, raw / raw.flatten(1).norm(dim=1).view(-1, 1, 1)) <= 10 * RTOL
+    assert (res.cosine - cos).abs().max() <= 10 * RTOL
+    assert (res.cosine.abs() <= 1 + 10 * RTOL).all()
+    # the recorded residuals are the true ones, checked against the dense chi
+    assert max(res.reports["test"]["residuals"]) <= RTOL
+    # "auto" damping is the documented fraction of the top eigenvalue of eta
+    top = float(torch.linalg.eigvalsh(chi)[-1]) - res.damping
+    assert res.damping == pytest.approx(DEFAULT_RELATIVE_DAMPING * top, rel=1e-2)
+    # the Krylov bilinear form is symmetric where it should be: M^e is symmetric
+    e = res.index("e")
+    assert torch.allclose(res.raw[e], res.raw[e].T, rtol=10 * RTOL, atol=1e-12)
+    assert (res.diagonal("cosine")[e] - 1).abs().max() <= 10 * RTOL
+
+
+def test_equivariant_model_is_constant_along_the_orbit():
+    model, lossfn = make("gcnn"), loss()
+    test = batch(3, GRID["gcnn"], seed=5)
+    shifts = Translations(LAYOUT, axis="xy", shifts=range(0, 8, 3))
+    for group in (D4, shifts):
+        res = influence(model, lossfn, test, group, rtol=RTOL, rank=32)
+        diag = res.diagonal("raw")
+        assert ((diag - diag[0]).abs() <= 10 * RTOL * diag[0].abs()).all()
+        assert (res.diagonal("cosine") - 1).abs().max() <= 10 * RTOL
+        assert _rel(res.raw, res.raw[:1].expand_as(res.raw)) <= 10 * RTOL
+
+
+def test_circular_cnn_is_constant_over_all_shifts_but_the_vit_is_not():
+    lossfn = loss()
+    shifts = Translations(LAYOUT, axis="x", shifts=range(8))
+    res = influence(make("conv"), lossfn, batch(2, 8), shifts, rtol=RTOL, rank=32)
+    diag = res.diagonal("cosine")
+    assert (diag - 1).abs().max() <= 10 * RTOL
+    # teeth: absolute position embeddings break the shift symmetry, visibly
+    vshift = Translations(LAYOUT, axis="x", shifts=[0, 1, 5])
+    vit = influence(make("vit"), lossfn, batch(2, 16), vshift, rtol=RTOL, rank=32)
+    assert (vit.diagonal("cosine")[1:] - 1).abs().max() > 100 * RTOL
+
+
+def test_metric_batch_and_parameter_subset():
+    model, lossfn = make("conv"), loss()
+    test, metric = batch(2, 8, seed=2), batch(3, 8, seed=3)
+    group = list(D4)[:3]
+    res = influence(model, lossfn, test, group, metric, damping=1e-3, rtol=1e-4, rank=32)
+    raw, _, _ = _dense(model, lossfn, test, group, 1e-3, metric=metric)
+    assert _rel(res.raw, raw) <= 10 * 1e-4
+    assert res.settings["metric_batch"]["source"] == "given"
+    assert res.settings["metric_batch"]["size"] == 3
+    sub = influence(model, lossfn, test, group, metric, damping=1e-3, params=["out"], rank=32)
+    assert sub.settings["num_params"] == sum(p.numel() for p in model.out.parameters())
+    assert _rel(sub.raw, raw) > 0.1  # a different metric space gives a different answer
+
+
+def test_damping_sweep_equals_separate_runs_and_float32_agrees():
+    model, lossfn, test = make("conv"), loss(), batch(2, 8)
+    group = list(D4)[:2]
+    sweep = influence_sweep(model, lossfn, test, group, dampings=[1e-2, "auto:1e-2"], rank=32)
+    one = influence(model, lossfn, test, group, damping=1e-2, rank=32)
+    assert torch.allclose(sweep[0].raw, one.raw, rtol=1e-8)
+    assert sweep[1].damping == pytest.approx(1e-2 * sweep[1].spectrum["top_eigenvalue"])
+    m32 = make("conv", dtype=torch.float32)
+    r32 = influence(m32, lossfn, (test[0].float(), test[1].float()), group, damping=1e-2)
+    assert r32.settings["dtype"] == "torch.float32"
+    assert _rel(r32.raw, one.raw) <= 10 * RTOL
+
+
+def test_non_convergence_is_loud_and_recorded():
+    model, lossfn, test = make("conv"), loss(), batch(2, 8)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        res = influence(
+            model, lossfn, test, list(D4)[:2], damping=1e-6, max_iter=2, preconditioner=None
+        )
+    assert not res.all_converged
+    assert res.reports["test"]["converged"] == [False, False]
+    assert min(res.reports["test"]["residuals"]) > RTOL
+    assert res.reports["test"]["iterations"] == [2, 2]
+
+
+def test_save_load_roundtrip_and_corrupt_files(tmp_path):
+    model, lossfn, test = make("conv"), loss(), batch(2, 8)
+    res = influence(model, lossfn, test, list(D4)[:3], damping=1e-2, rank=16)
+    path = res.save(tmp_path / "sub" / "infl.pt")
+    assert sorted(os.listdir(path.parent)) == ["infl.pt"]  # no temporary left behind
+    back = InfluenceResult.load(path)
+    assert back.elements == res.elements and back.damping == res.damping
+    assert torch.equal(back.raw, res.raw) and torch.equal(back.cosine, res.cosine)
+    assert back.settings == res.settings and back.reports == res.reports
+    assert back.settings["model_checksum"] == res.settings["model_checksum"]
+    with torch.no_grad():
+        next(model.parameters()).add_(1e-3)
+    again = influence(model, lossfn, test, list(D4)[:1], damping=1e-2, rank=16)
+    assert again.settings["model_checksum"] != res.settings["model_checksum"]
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(InfluenceFileError, match="not a readable influence result"):
+        InfluenceResult.load(bad)
+    with pytest.raises(InfluenceFileError, match="no influence result"):
+        InfluenceResult.load(tmp_path / "missing.pt")
+    with pytest.raises(KeyError, match="no group element"):
+        res.index("q")
+
+
+def test_bad_input_is_rejected_clearly():
+    model, lossfn, (x, y) = make("conv"), loss(), batch(2, 8)
+    with pytest.raises(ValueError, match="same shape"):
+        influence(model, lossfn, (x, y[:1]), D4)
+    nan = x.clone()
+    nan[0, 1, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        influence(model, lossfn, (nan, y), D4)
+    with pytest.raises(ValueError, match="square grid"):
+        influence(model, lossfn, (x[..., :6], y[..., :6]), D4)
+    with pytest.raises(TypeError, match=r"\.name"):
+        influence(model, lossfn, (x, y), [lambda z: z])
+    with pytest.raises(ValueError, match="no elements"):
+        influence(model, lossfn, (x, y), [])
+    with pytest.raises(ValueError, match="damping"):
+        influence(model, lossfn, (x, y), D4, damping=-1.0)
+    with pytest.raises(ValueError, match="damping"):
+        influence(model, lossfn, (x, y), D4, damping="big")
+    with pytest.raises(ValueError, match="preconditioner"):
+        influence(model, lossfn, (x, y), D4, preconditioner="kfac")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a converged run warns about nothing
+        influence(model, lossfn, (x, y), list(D4)[:1], damping=1e-2)
