@@ -5,3 +5,11 @@ from symaudit.diagnostics.equivariance import (  # noqa: F401
     EquivarianceResult,
     equivariance_error,
 )
+from symaudit.diagnostics.influence import (  # noqa: F401
+    InfluenceFileError,
+    InfluenceResult,
+    influence,
+    influence_sweep,
+)
+from symaudit.diagnostics.krylov import ConvergenceWarning, NystromPreconditioner, cg  # noqa: F401
+from symaudit.diagnostics.metric import MetricOperator  # noqa: F401
