@@ -201,6 +201,8 @@ def _fill_quadrants(states: dict[str, torch.Tensor], X: torch.Tensor, Y: torch.T
 
 
 def _ce_rp(gens, h, w, gamma):
+    """CE-RP: 2x2 quadrants split at x = 1/2, y = 1/2 (and the periodic edge); per quadrant
+    rho ~ U[0.1, 1], v_x, v_y ~ U[-1, 1], p ~ U[0.1, 1], all independent."""
     dist = DISTRIBUTIONS["ce-rp"]
     states = _quadrant_states(gens, dist)
     x, y = _grid(h, w)
@@ -210,6 +212,10 @@ def _ce_rp(gens, h, w, gamma):
 
 def _curved(kind: str, shift: int):
     def build(gens, h, w, gamma):
+        """CE-CRP / CE-RPUI: quadrants of X = frac(x + s_x), Y = frac(y + s_y),
+        s_k = sum_{i,j=1..P} alpha_kij sin(2 pi (i + m) x + (j + m) y + beta_kij), P = 2,
+        beta ~ U[0, 1]. CE-CRP: m = 0, alpha ~ U[-0.1, 0.1], states as CE-RP. CE-RPUI:
+        m = 2P^2, alpha ~ U[-0.01, 0.01], rho ~ U[1, 3], v ~ U[-10, 10], p ~ U[5, 7]."""
         dist = DISTRIBUTIONS[kind]
         P = dist["modes_P"]
         states = _quadrant_states(gens, dist)
@@ -229,6 +235,9 @@ def _curved(kind: str, shift: int):
 
 
 def _ce_kh(gens, h, w, gamma):
+    """CE-KH: (rho, v_x, v_y, p) = (2, -0.5, 0, 2.5) for 0.25 + s_0(x) <= y <= 0.75 + s_1(x),
+    else (1, 0.5, 0, 2.5); s_k = 0.05 sum_{j=1..10} a_kj cos(2 pi j (x + b_kj)) / sum_j a_kj,
+    a, b ~ U[0, 1]."""
     P = _KH_MODES
     alpha = torch.stack([_uniform(g, (2, P), 0.0, 1.0) for g in gens])  # (n, 2, P)
     beta = torch.stack([_uniform(g, (2, P), 0.0, 1.0) for g in gens])
@@ -248,6 +257,9 @@ def _ce_kh(gens, h, w, gamma):
 
 
 def _ce_gauss(gens, h, w, gamma):
+    """CE-Gauss: rho = 0.1, p = 2.5, v = (d psi/dy, -d psi/dx), -Laplace(psi) = w - mean(w),
+    w = sum_{i=1..100} (a_i / s_i) exp(-|x - c_i|^2 / (2 s_i^2)), a ~ U[-1, 1],
+    s ~ U[0.01, 0.1], c ~ U[0, 1]^2 (periodic minimal-image distance; spectral solve)."""
     dist = DISTRIBUTIONS["ce-gauss"]
     N = dist["count"]
     alpha = torch.stack([_uniform(g, (N,), *dist["alpha"]) for g in gens])
