@@ -87,10 +87,11 @@ DISTRIBUTIONS: dict[str, dict] = {
         "p": [5.0, 7.0],
         "source": f"{_POSEIDON}; {_RELAY}",
         "disagreement": (
-            "P not stated (our choice: 2). The ranges above are the paper's, but the official "
-            "loader subtracts a mean pressure of 1.33 for CE-RPUI (0.215 CE-RP, 0.553 CE-CRP), "
-            "incompatible with p ~ U[5, 7] (shocks only raise the mean pressure); the released "
-            "files may use other ranges. Check a real file with symaudit.data.pdegym."
+            "P not stated (our choice: 2). Unresolved: the official loader subtracts a "
+            "'mean pressure' of 1.33 for CE-RPUI, while these ranges give a mean pressure of "
+            "about 20 in our simulations; its CE-RP constant (0.215 vs our 0.65) disagrees "
+            "too, so the constants are no reliable check. Verify on a real file with "
+            "symaudit.data.pdegym."
         ),
     },
     "ce-kh": {
