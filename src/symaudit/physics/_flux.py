@@ -42,15 +42,19 @@ LIMITERS: dict[str, Limiter] = {
 
 
 def muscl_faces(q: Tensor, dim: int, limiter: Limiter) -> tuple[Tensor, Tensor]:
-    """Limited linear reconstruction of cell averages `q` on a periodic axis.
+    """Limited linear reconstruction of cell averages `q` (n cells along `dim`).
 
-    Returns `(q_left, q_right)`, the two traces at face i+1/2 (between cells i and i+1 along
-    `dim`), same shape as `q`. TVD limiters keep each trace between neighbouring cell values,
-    so reconstructed density and pressure stay positive.
+    Returns `(q_left, q_right)`, the two traces at the n-3 faces between cells 1, 2, ...,
+    n-2 (face k sits between cells k+1 and k+2), each shaped like `q` with n-3 along `dim`.
+    TVD limiters keep every trace between neighbouring cell values, so reconstructed density
+    and pressure stay positive.
     """
-    back = q - q.roll(1, dim)  # q_i - q_{i-1}
-    half_slope = limiter(back, back.roll(-1, dim))
-    return q + half_slope, (q - half_slope).roll(-1, dim)
+    n = q.shape[dim]
+    back = q.diff(dim=dim)  # back[k] = q[k+1] - q[k]
+    half_slope = limiter(back.narrow(dim, 0, n - 2), back.narrow(dim, 1, n - 2))  # cells 1..n-2
+    left = q.narrow(dim, 1, n - 3) + half_slope.narrow(dim, 0, n - 3)
+    right = q.narrow(dim, 2, n - 3) - half_slope.narrow(dim, 1, n - 3)
+    return left, right
 
 
 def hllc(
