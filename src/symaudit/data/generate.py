@@ -169,7 +169,6 @@ def _partial_problem(path: Path, settings: GenerationSettings) -> str | None:
 def _solver_failure(exc: Exception, first: int, rows: list[int]) -> GenerationError:
     traj = getattr(exc, "trajectory", None)
     time = getattr(exc, "time", None)
-    where = ""
     if isinstance(traj, int) and 0 <= traj < len(rows):
         where = f"trajectory {first + rows[traj]} (global index)"
     else:
