@@ -80,7 +80,7 @@ _CHILD = """
 import sys
 from symaudit.data.generate import GenerationSettings, generate
 settings = GenerationSettings(kind="ce-rp", trajectories=8, resolution=16, snapshots=4,
-                              t_final=0.5, seed=3)
+                              t_final=1.0, seed=3)
 generate(settings, sys.argv[1], batch_size=2)
 """
 
@@ -115,7 +115,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_bytes(tmp_path):
         ds.read(np.flatnonzero(ds.done.numpy()))
     # The same settings resume it; the result equals an uninterrupted run byte for byte.
     settings = GenerationSettings(
-        kind="ce-rp", trajectories=8, resolution=16, snapshots=4, t_final=0.5, seed=3
+        kind="ce-rp", trajectories=8, resolution=16, snapshots=4, t_final=1.0, seed=3
     )
     generate(settings, out, batch_size=3)
     reference = generate(settings, tmp_path / "ref.h5", batch_size=2)
