@@ -134,8 +134,10 @@ def _face_fluxes(prim: Tensor, dim: int, gamma: float, limiter: Limiter) -> Tens
     two ghost cells per side so that every stencil is a contiguous slice (vectorises well).
     """
     n = prim.shape[dim]
-    ghosts = torch.arange(-2, n + 2, device=prim.device) % n  # also for strips n < 2 wide
-    ext = prim.index_select(dim, ghosts)
+    if n >= 2:
+        ext = torch.cat((prim.narrow(dim, n - 2, 2), prim, prim.narrow(dim, 0, 2)), dim)
+    else:  # a strip one cell wide (slices, not a gather: torch.compile builds gathers slowly)
+        ext = torch.cat((prim,) * 5, dim)
     left, right = muscl_faces(ext, dim, limiter)
     return torch.stack(hllc(*left.unbind(1), *right.unbind(1), gamma), dim=1)
 
