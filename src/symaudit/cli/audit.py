@@ -56,6 +56,7 @@ def audit(
         str, typer.Option(help="'test' (the test batch) or 'train:N' (N training transitions).")
     ] = "test",
     max_iter: Annotated[int, typer.Option(help="CG iteration limit per solve.")] = 500,
+    rank: Annotated[int, typer.Option(help="Rank of the Nystrom CG preconditioner.")] = 128,
     no_cosine: Annotated[
         bool, typer.Option("--no-cosine", help="Skip the cosine normalisation's extra solves.")
     ] = False,
@@ -87,6 +88,7 @@ def audit(
             test_data=[str(p) for p in test_data] if test_data else None,
             metric_batch=metric_batch,
             max_iter=max_iter,
+            rank=rank,
             cosine=not no_cosine,
             device=device,
             overwrite=overwrite,

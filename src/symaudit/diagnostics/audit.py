@@ -288,6 +288,7 @@ def run_audit(
     test_data: Sequence[str | os.PathLike] | None = None,
     metric_batch: str = "test",
     max_iter: int = 500,
+    rank: int = 128,
     cosine: bool = True,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
@@ -310,6 +311,8 @@ def run_audit(
         test_data: dataset files/directories with the test trajectories (one family per file);
             default: the run's held-out (validation) trajectories.
         metric_batch: "test" (eta from the test batch itself) or "train:N".
+        max_iter, rank: CG iteration limit; rank of the Nyström preconditioner (its sketch
+            costs ``rank`` products with eta, so small models/batches want a small rank).
         device: where the model and solves run.
 
     Returns the audit directory. Influence solves that do not converge warn
@@ -355,6 +358,7 @@ def run_audit(
         "test_data": test.sources,
         "metric_batch": metric_batch,
         "max_iter": max_iter,
+        "rank": rank,
         "cosine": cosine,
     }
     meta = {
@@ -377,21 +381,21 @@ def run_audit(
         "complete": False,
     }
     meta_path = out / "audit.json"
-    if meta_path.exists() and not overwrite:
+    if meta_path.exists():
         try:
             old = json.loads(meta_path.read_text())
         except ValueError:
             old = {}
         if old.get("settings_digest") != meta["settings_digest"]:
-            diff = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
-            raise AuditError(
-                f"{out} holds an audit with other settings or another checkpoint "
-                f"(differs in: {', '.join(diff) or 'checkpoint'}); use another --out or "
-                "--overwrite"
-            )
-    elif meta_path.exists() and overwrite:
-        for p in [*sorted(out.rglob("*.pt")), out / "test_errors.json"]:
-            p.unlink(missing_ok=True)
+            if not overwrite:
+                diff = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
+                raise AuditError(
+                    f"{out} holds an audit with other settings or another checkpoint "
+                    f"(differs in: {', '.join(diff) or 'checkpoint'}); use another --out or "
+                    "--overwrite"
+                )
+            for p in [*sorted(out.rglob("*.pt")), out / "test_errors.json"]:
+                p.unlink(missing_ok=True)
     write_json_atomic(meta_path, meta)
 
     loss = SMSE(info.channel_rms).to(device)
@@ -440,6 +444,7 @@ def run_audit(
                 dampings=[damping, *sweep],
                 rtol=rtol,
                 max_iter=max_iter,
+                rank=rank,
                 cosine=cosine,
                 progress=progress,
             )

@@ -1,0 +1,124 @@
+"""Named study presets for `symaudit reproduce`: micro (tests), demo (CPU), paper (GPU)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["PRESETS", "ModelPlan", "StudyPreset"]
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """One emulator of the study: a `symaudit.models` preset plus its training settings."""
+
+    preset: str
+    epochs: int
+    batch_size: int
+    lr: float = 5e-4
+    overrides: dict[str, Any] = field(default_factory=dict)
+    rtol: float | None = None  # None: the paper's per-architecture default
+
+
+@dataclass(frozen=True)
+class StudyPreset:
+    """Everything `symaudit reproduce` needs: data, models, seeds and audit settings.
+
+    ``train_trajectories`` / ``test_trajectories`` are per initial-condition family; test
+    files are generated with ``seed + test_seed_offset`` so they never overlap training data.
+    """
+
+    name: str
+    families: tuple[str, ...]
+    resolution: int
+    train_trajectories: int
+    test_trajectories: int
+    snapshots: int
+    t_final: float
+    models: tuple[ModelPlan, ...]
+    seeds: tuple[int, ...]
+    groups: tuple[str, ...]
+    test_batches: int
+    per_family: int = 1
+    damping: str = "auto"
+    max_iter: int = 500
+    rank: int = 128  # Nyström preconditioner rank of the influence solves
+    val_fraction: float = 0.1
+    data_seed: int = 0
+    test_seed_offset: int = 1000
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_FAMILIES = ("ce-rp", "ce-crp", "ce-rpui")
+
+PRESETS: dict[str, StudyPreset] = {
+    p.name: p
+    for p in [
+        StudyPreset(
+            name="micro",
+            families=_FAMILIES,
+            resolution=16,
+            train_trajectories=6,
+            test_trajectories=2,
+            snapshots=5,
+            t_final=0.4,
+            models=(
+                ModelPlan("unet-tiny", epochs=2, batch_size=8, lr=2e-3),
+                ModelPlan("vit-tiny", epochs=2, batch_size=8, lr=2e-3),
+                ModelPlan("gcnn-tiny", epochs=2, batch_size=8, lr=2e-3),
+            ),
+            seeds=(0,),
+            groups=("d4", "shift-x:4", "shift-y:4"),
+            test_batches=1,
+            max_iter=200,
+            description="seconds-scale smoke test of every stage (models barely train)",
+        ),
+        StudyPreset(
+            name="demo",
+            families=_FAMILIES,
+            resolution=64,
+            train_trajectories=16,
+            test_trajectories=2,
+            snapshots=11,
+            t_final=0.5,
+            models=(
+                ModelPlan("unet-small", epochs=8, batch_size=16, lr=2e-3),
+                ModelPlan("vit-small", epochs=8, batch_size=16, lr=1e-3),
+                ModelPlan(
+                    "gcnn-small",
+                    epochs=8,
+                    batch_size=16,
+                    lr=2e-3,
+                    overrides={"channels": 4, "blocks": 2},
+                ),
+            ),
+            seeds=(0, 1),
+            groups=("d4", "shift-x:8", "shift-y:8"),
+            test_batches=1,
+            rank=32,
+            description="CPU demo: 3 families at 64², small models, 2 seeds, <= 15 min",
+        ),
+        StudyPreset(
+            name="paper",
+            families=_FAMILIES,
+            resolution=128,
+            train_trajectories=5000,
+            test_trajectories=240,
+            snapshots=21,
+            t_final=1.0,
+            models=(
+                ModelPlan("unet-paper", epochs=90, batch_size=64, lr=5e-4, rtol=5e-3),
+                ModelPlan("vit-paper", epochs=90, batch_size=64, lr=5e-4, rtol=5e-2),
+                ModelPlan("gcnn-small", epochs=90, batch_size=64, lr=5e-4, rtol=5e-3),
+            ),
+            seeds=(0, 1, 2),
+            groups=("d4", "shift-x", "shift-y"),
+            test_batches=3,
+            val_fraction=0.02,
+            description="the paper's study (128², 5000 trajectories/family, 90 epochs); GPU",
+        ),
+    ]
+}

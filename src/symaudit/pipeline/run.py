@@ -1,0 +1,297 @@
+"""The staged, resumable study: generate → train → audit → report.
+
+Every unit of work (one dataset file, one training run, one audit, the report) writes under
+``OUT`` and records a manifest ``OUT/manifests/<unit>.json`` holding a digest of its settings
+and of its inputs' digests. A unit whose manifest digest matches and whose outputs exist is
+skipped; a unit whose settings or inputs changed is redone from scratch (its old outputs are
+removed first); a unit without a manifest (killed mid-way) is resumed by the library function
+behind it (generation, training and audits are all resumable), then its manifest is written.
+So a killed `reproduce` continues where it stopped, and changing one setting redoes exactly
+the units that depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from symaudit.diagnostics.audit import settings_digest, write_json_atomic
+from symaudit.pipeline.presets import PRESETS, StudyPreset
+
+__all__ = ["ReproduceResult", "Unit", "plan", "reproduce"]
+
+
+@dataclass
+class Unit:
+    """One step of the study: ``stage`` (generate/train/audit/report), a name, its settings,
+    the names of the units it reads, its output path (file or directory), a relative cost
+    used for the ETA, and the function that does the work."""
+
+    stage: str
+    name: str
+    settings: dict[str, Any]
+    inputs: list[str]
+    output: Path
+    cost: float
+    work: Callable[[], None]
+    label: str = ""
+    clean: list[Path] = field(default_factory=list)  # also removed when settings change
+
+
+@dataclass
+class ReproduceResult:
+    out: Path
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None
+
+
+def _model_name(preset: str, seed: int) -> str:
+    return f"{preset}-s{seed}"
+
+
+def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
+    """The study's units in execution order (every unit after the units it reads)."""
+    import torch
+
+    from symaudit.data import open_dataset
+    from symaudit.data.generate import GenerationSettings, generate, partial_path
+    from symaudit.diagnostics.audit import run_audit
+    from symaudit.training import TrainConfig, train
+
+    units: list[Unit] = []
+    res2 = preset.resolution**2
+
+    for split, n, seed in (
+        ("train", preset.train_trajectories, preset.data_seed),
+        ("test", preset.test_trajectories, preset.data_seed + preset.test_seed_offset),
+    ):
+        for fam in preset.families:
+            gs = GenerationSettings(
+                kind=fam,
+                trajectories=n,
+                resolution=preset.resolution,
+                snapshots=preset.snapshots,
+                t_final=preset.t_final,
+                seed=seed,
+                device=device,
+            )
+            path = out / "data" / split / f"{fam}.h5"
+
+            def gen(gs=gs, path=path) -> None:
+                torch.set_flush_denormal(True)  # NOTES.md: denormals slow the solver >10x
+                if path.exists():
+                    with open_dataset(path) as ds:
+                        same = ds.metadata.get("generation") == json.loads(
+                            json.dumps(gs.fingerprint())
+                        )
+                    if same:
+                        return  # finished before its manifest was written
+                # resumes OUT.partial if a killed run left one with these settings
+                generate(gs, path, overwrite=path.exists())
+
+            units.append(
+                Unit(
+                    "generate",
+                    f"generate/{split}/{fam}",
+                    gs.fingerprint(),
+                    [],
+                    path,
+                    n * res2 * preset.snapshots / 2e6,
+                    gen,
+                    f"{split} {fam}",
+                    [partial_path(path)],
+                )
+            )
+    train_inputs = [u.name for u in units if u.name.startswith("generate/train/")]
+    test_inputs = [u.name for u in units if u.name.startswith("generate/test/")]
+
+    audits = []
+    for mp in preset.models:
+        for seed in preset.seeds:
+            name = _model_name(mp.preset, seed)
+            cfg = TrainConfig(
+                model=mp.preset,
+                data=[str(out / "data" / "train")],
+                epochs=mp.epochs,
+                seed=seed,
+                batch_size=mp.batch_size,
+                lr=mp.lr,
+                val_fraction=preset.val_fraction,
+                device=device,
+                model_overrides=dict(mp.overrides),
+            )
+            run_dir = out / "runs" / name
+            transitions = preset.train_trajectories * len(preset.families) * preset.snapshots
+            units.append(
+                Unit(
+                    "train",
+                    f"train/{name}",
+                    {**cfg.to_dict(), "data": ["data/train"]},
+                    train_inputs,
+                    run_dir,
+                    mp.epochs * transitions * res2 / 4e6,
+                    lambda cfg=cfg, run_dir=run_dir: train(cfg, run_dir, progress=False),
+                    f"{mp.preset} seed {seed}",
+                )
+            )
+            audit_dir = out / "audits" / name
+            audit_settings = dict(
+                groups=list(preset.groups),
+                damping=preset.damping,
+                rtol=mp.rtol,
+                test_batches=preset.test_batches,
+                per_family=preset.per_family,
+                max_iter=preset.max_iter,
+                rank=preset.rank,
+            )
+
+            def aud(run_dir=run_dir, audit_dir=audit_dir, s=audit_settings) -> None:
+                run_audit(
+                    run_dir,
+                    s["groups"],
+                    out=audit_dir,
+                    damping=s["damping"],
+                    rtol=s["rtol"],
+                    test_batches=s["test_batches"],
+                    per_family=s["per_family"],
+                    max_iter=s["max_iter"],
+                    rank=s["rank"],
+                    test_data=[str(out / "data" / "test")],
+                    device=device,
+                    overwrite=True,
+                )
+
+            units.append(
+                Unit(
+                    "audit",
+                    f"audit/{name}",
+                    audit_settings,
+                    [f"train/{name}", *test_inputs],
+                    audit_dir,
+                    preset.test_batches * len(preset.groups) * res2 / 2e3,
+                    aud,
+                    f"{mp.preset} seed {seed}",
+                )
+            )
+            audits.append(audit_dir)
+    units.append(
+        Unit(
+            "report",
+            "report",
+            {"audits": [str(a.relative_to(out)) for a in audits]},
+            [f"audit/{a.name}" for a in audits],
+            out / "report",
+            1.0,
+            lambda: _report(audits, out / "report"),
+            "figures + HTML",
+        )
+    )
+    return units
+
+
+def _report(audits: list[Path], out: Path) -> None:
+    from symaudit.report import build_report
+
+    build_report(audits, out)
+
+
+def _manifest_path(out: Path, unit: Unit) -> Path:
+    return out / "manifests" / (unit.name.replace("/", "__") + ".json")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def reproduce(
+    preset: str | StudyPreset,
+    out: str | Path,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> ReproduceResult:
+    """Run (or resume) the study ``preset`` ("micro", "demo", "paper" or a `StudyPreset`)
+    under ``out``; returns which units ran and which were skipped as unchanged."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "preset.json", {**preset.to_dict(), "device": device})
+    units = plan(preset, out, device=device)
+    result = ReproduceResult(out=out)
+    digests: dict[str, str] = {}
+    say = log or (lambda _m: None)
+    console = Console(stderr=True)
+    bar = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not progress,
+    )
+    with bar:
+        task = bar.add_task("reproduce", total=sum(u.cost for u in units))
+        for i, unit in enumerate(units):
+            digest = settings_digest([unit.settings, [digests[n] for n in unit.inputs]])
+            digests[unit.name] = digest
+            mpath = _manifest_path(out, unit)
+            old = json.loads(mpath.read_text()) if mpath.exists() else None
+            desc = f"[{i + 1}/{len(units)}] {unit.stage}: {unit.label}"
+            if old and old.get("digest") == digest and unit.output.exists():
+                result.skipped.append(unit.name)
+                bar.update(task, advance=unit.cost, description=desc + " (unchanged)")
+                continue
+            if old and old.get("digest") != digest:
+                say(f"{unit.name}: settings or inputs changed, redoing it")
+                for p in [unit.output, *unit.clean]:
+                    _remove(p)
+            mpath.unlink(missing_ok=True)
+            bar.update(task, description=desc)
+            say(f"{desc} ...")
+            t0, c0 = time.perf_counter(), time.process_time()
+            unit.work()
+            seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+            write_json_atomic(
+                mpath,
+                {
+                    "unit": unit.name,
+                    "digest": digest,
+                    "settings": unit.settings,
+                    "inputs": {n: digests[n] for n in unit.inputs},
+                    "output": str(unit.output.relative_to(out)),
+                    "seconds": seconds,
+                    "cpu_seconds": cpu,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+            )
+            result.ran.append(unit.name)
+            result.seconds[unit.name] = seconds
+            say(f"{unit.name}: done in {seconds:.1f} s")
+            bar.update(task, advance=unit.cost)
+    result.report = out / "report" / "index.html"
+    return result

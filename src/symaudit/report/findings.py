@@ -1,0 +1,422 @@
+"""Numbers of the report: audit directories pooled per model, the paper's findings F1–F5
+judged on them, and a one-paragraph reading of every figure.
+
+Pooling: for each model preset, the per-state values of every seed and every test
+mini-batch are concatenated (the paper reports quantile ranges over seeds and mini-batches).
+Influence diagonals are M^g_ii, i.e. the influence of a test state on its own image g x_i;
+"Frobenius" is the paper's M^g / ||M^g||_F per mini-batch, "cosine" the full
+M^g_ii / (||grad C_x||_{chi^-1} ||grad C_gx||_{chi^-1}).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from symaudit.diagnostics.audit import AuditRecord, load_audit
+
+__all__ = ["GroupData", "ModelData", "StudyData", "collect", "findings", "readings"]
+
+ARCH_LABEL = {"unet": "UNet", "vit": "ViT", "gcnn": "G-CNN"}
+_ARCH_ORDER = {"unet": 0, "vit": 1, "gcnn": 2}
+GROUP_KINDS = ("d4", "shift-x", "shift-y")
+
+
+def _kind(spec: str) -> str | None:
+    s = spec.strip().lower()
+    if s == "d4":
+        return "d4"
+    for k in ("shift-x", "shift-y"):
+        if s == k or s.startswith(k + ":"):
+            return k
+    return None
+
+
+@dataclass
+class GroupData:
+    """Per element (rows, in group order) and pooled state (columns) values of one model."""
+
+    spec: str
+    elements: list[str]
+    shifts: list[int]  # translations: the shift of each element in cells; else []
+    error: np.ndarray  # (|G|, N) E_g
+    defect: np.ndarray  # (|G|, N) D_g
+    frobenius: np.ndarray  # (|G|, N) diag of M^g / ||M^g||_F
+    cosine: np.ndarray | None  # (|G|, N) diag of the cosine-normalised M^g
+    solver: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ModelData:
+    preset: str
+    architecture: str
+    seeds: list[int]
+    audits: list[str]
+    groups: dict[str, GroupData]
+    test_errors: dict[int, dict]  # seed -> test_errors.json "all" entry
+
+    @property
+    def label(self) -> str:
+        return f"{ARCH_LABEL.get(self.architecture, self.architecture)} ({self.preset})"
+
+
+@dataclass
+class StudyData:
+    models: list[ModelData]
+    resolution: list[int]
+
+    def by_arch(self, arch: str) -> ModelData | None:
+        return next((m for m in self.models if m.architecture == arch), None)
+
+
+def _solver_rows(rec: AuditRecord, spec: str) -> list[dict]:
+    rows = []
+    for k, res in enumerate(rec.influence[spec]):
+        for phase, rep in res.reports.items():
+            if not rep["iterations"]:
+                continue
+            rows.append(
+                {
+                    "seed": rec.seed,
+                    "batch": k,
+                    "phase": phase,
+                    "columns": len(rep["iterations"]),
+                    "rtol": rep["rtol"],
+                    "max_residual": max(rep["residuals"]),
+                    "median_iterations": float(np.median(rep["iterations"])),
+                    "max_iterations": int(max(rep["iterations"])),
+                    "converged": int(sum(rep["converged"])),
+                    "seconds": float(rep["seconds"]),
+                    "damping": res.damping,
+                    "num_params": res.settings.get("num_params"),
+                }
+            )
+    return rows
+
+
+def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
+    """Load audits and pool them per model preset (models ordered UNet, ViT, G-CNN)."""
+    records = [load_audit(d) for d in audit_dirs]
+    if not records:
+        raise ValueError("no audit directories given")
+    models: dict[str, ModelData] = {}
+    parts: dict[tuple[str, str], dict[str, list]] = {}
+    resolution: list[int] = []
+    for rec in records:
+        m = models.setdefault(rec.model, ModelData(rec.model, rec.architecture, [], [], {}, {}))
+        m.seeds.append(rec.seed)
+        m.audits.append(str(rec.path))
+        m.test_errors[rec.seed] = rec.test_errors["all"]
+        for spec in rec.equivariance:
+            kind = _kind(spec)
+            if kind is None:
+                continue
+            eqs, infs = rec.equivariance[spec], rec.influence[spec]
+            acc = parts.setdefault((rec.model, kind), {"e": [], "d": [], "f": [], "c": []})
+            for eq, inf in zip(eqs, infs, strict=True):
+                resolution = eq.settings.get("resolution", resolution)
+                acc["e"].append(eq.error.numpy())
+                acc["d"].append(eq.defect.numpy())
+                acc["f"].append(inf.diagonal("frobenius").numpy())
+                acc["c"].append(
+                    inf.diagonal("cosine").numpy() if inf.transformed_norms is not None else None
+                )
+            g = m.groups.get(kind)
+            if g is None:
+                spec_info = eqs[0].group.get("spec", {})
+                shifts = list(spec_info.get("shifts", [])) if kind != "d4" else []
+                g = m.groups[kind] = GroupData(
+                    spec, list(eqs[0].elements), shifts, *(np.empty(0),) * 3, None
+                )
+            g.solver.extend(_solver_rows(rec, spec))
+    for (name, kind), acc in parts.items():
+        g = models[name].groups[kind]
+        g.error = np.concatenate(acc["e"], axis=1)
+        g.defect = np.concatenate(acc["d"], axis=1)
+        g.frobenius = np.concatenate(acc["f"], axis=1)
+        g.cosine = None if any(c is None for c in acc["c"]) else np.concatenate(acc["c"], axis=1)
+    ordered = sorted(models.values(), key=lambda m: (_ARCH_ORDER.get(m.architecture, 9), m.preset))
+    return StudyData(ordered, list(resolution))
+
+
+def _med(x: np.ndarray) -> float:
+    return float(np.median(x))
+
+
+def _iqr(x: np.ndarray) -> float:
+    q = np.quantile(x, [0.25, 0.75])
+    return float(q[1] - q[0])
+
+
+def summary(study: StudyData) -> dict[str, Any]:
+    """Every number the report shows, per model (medians and quantiles over pooled states)."""
+    out: dict[str, Any] = {}
+    for m in study.models:
+        s: dict[str, Any] = {
+            "architecture": m.architecture,
+            "seeds": m.seeds,
+            "test_one_step": {str(k): v["one_step"] for k, v in m.test_errors.items()},
+            "persistence_one_step": {
+                str(k): v["persistence_one_step"] for k, v in m.test_errors.items()
+            },
+        }
+        for kind, g in m.groups.items():
+            entry = {
+                "elements": g.elements,
+                "shifts": g.shifts,
+                "median_error": [_med(r) for r in g.error],
+                "q10_error": [float(np.quantile(r, 0.1)) for r in g.error],
+                "q90_error": [float(np.quantile(r, 0.9)) for r in g.error],
+                "median_defect": [_med(r) for r in g.defect],
+                "max_defect": [float(r.max()) for r in g.defect],
+                "median_frobenius": [_med(r) for r in g.frobenius],
+                "median_cosine": None if g.cosine is None else [_med(r) for r in g.cosine],
+                "num_states": int(g.error.shape[1]),
+            }
+            if kind == "d4":
+                entry["median_untransformed_error"] = _med(g.error[0])
+                entry["median_d4_averaged_error"] = _med(g.error.mean(0))
+            s[kind] = entry
+        out[m.preset] = s
+    return out
+
+
+def _status(ok: bool | None) -> str:
+    return "not testable" if ok is None else ("reproduced" if ok else "not reproduced")
+
+
+def findings(study: StudyData) -> list[dict[str, str]]:
+    """The paper's findings F1–F5 judged on this study, each with its criterion and numbers."""
+    unet, vit, gcnn = (study.by_arch(a) for a in ("unet", "vit", "gcnn"))
+    rows = []
+
+    def d4(m):
+        return None if m is None else m.groups.get("d4")
+
+    du, dv = d4(unet), d4(vit)
+    # F1, F2: medians over pooled test states of E_e and of E_g over g != e
+    if du is not None and dv is not None:
+        ue, ve = _med(du.error[0]), _med(dv.error[0])
+        ut, vt = _med(du.error[1:].mean(0)), _med(dv.error[1:].mean(0))
+        gap_e, gap_t = 1 - ve / ue, 1 - vt / ut
+        rows.append(
+            dict(
+                id="F1",
+                claim="The ViT beats the UNet on untransformed test data.",
+                criterion="median E_e(ViT) < median E_e(UNet)",
+                numbers=f"median E_e: ViT {ve:.4g}, UNet {ue:.4g} (ViT lower by {gap_e:.1%})",
+                status=_status(ve < ue),
+            )
+        )
+        rows.append(
+            dict(
+                id="F2",
+                claim="The ViT's advantage vanishes on D4-transformed inputs.",
+                criterion="F1 holds and the relative gap on transformed inputs (mean of E_g "
+                "over g != e) is at most half the untransformed gap",
+                numbers=f"median mean_(g!=e) E_g: ViT {vt:.4g}, UNet {ut:.4g}; gap "
+                f"{gap_e:.1%} untransformed vs {gap_t:.1%} transformed",
+                status=_status(ve < ue and gap_t <= gap_e / 2),
+            )
+        )
+    else:
+        for fid in ("F1", "F2"):
+            rows.append(
+                dict(
+                    id=fid,
+                    claim="needs a UNet and a ViT audited on d4",
+                    criterion="-",
+                    numbers="-",
+                    status=_status(None),
+                )
+            )
+    # F3: Frobenius-normalised D4 influence off the identity
+    if du is not None and dv is not None:
+        fu, fv = du.frobenius[1:].ravel(), dv.frobenius[1:].ravel()
+        mu, mv, iu, iv = _med(np.abs(fu)), _med(np.abs(fv)), _iqr(fu), _iqr(fv)
+        cos = ""
+        if du.cosine is not None and dv.cosine is not None:
+            cos = (
+                f"; cosine: ViT {_med(dv.cosine[1:].ravel()):.3g}, "
+                f"UNet {_med(du.cosine[1:].ravel()):.3g}"
+            )
+        rows.append(
+            dict(
+                id="F3",
+                claim="ViT D4 influence is near zero; the UNet's is larger and more variable.",
+                criterion="over g != e: median |M^g_ii/||M^g||_F| and its IQR both smaller "
+                "for the ViT than for the UNet",
+                numbers=f"median |Frobenius-normalised M^g_ii|: ViT {mv:.3g} (IQR {iv:.3g}), "
+                f"UNet {mu:.3g} (IQR {iu:.3g}){cos}",
+                status=_status(mv < mu and iv < iu),
+            )
+        )
+    else:
+        rows.append(
+            dict(
+                id="F3",
+                claim="needs a UNet and a ViT audited on d4",
+                criterion="-",
+                numbers="-",
+                status=_status(None),
+            )
+        )
+    # F4: spikes of E_g along translations
+    spikes = {}
+    for m in (unet, vit):
+        if m is None:
+            continue
+        vals = []
+        for kind in ("shift-x", "shift-y"):
+            g = m.groups.get(kind)
+            if g is not None and g.error.size:
+                med = np.median(g.error, axis=1)
+                vals.append(float(med.max() / med.min()))
+        if vals:
+            spikes[m.architecture] = max(vals)
+    if len(spikes) == 2:
+        rows.append(
+            dict(
+                id="F4",
+                claim="The ViT's error spikes at some translations; the UNet's is flatter.",
+                criterion="max over shift axes of (max / min over shifts of the median E_g) "
+                "larger for the ViT",
+                numbers=f"max/min of per-shift median E_g: ViT {spikes['vit']:.3g}, "
+                f"UNet {spikes['unet']:.3g}",
+                status=_status(spikes["vit"] > spikes["unet"]),
+            )
+        )
+    else:
+        rows.append(
+            dict(
+                id="F4",
+                claim="needs a UNet and a ViT audited on shifts",
+                criterion="-",
+                numbers="-",
+                status=_status(None),
+            )
+        )
+    # F5: the exactly equivariant control
+    if gcnn is not None and gcnn.groups:
+        dmax = max(float(g.defect.max()) for g in gcnn.groups.values())
+        emed = max(_med(g.error[0]) for g in gcnn.groups.values())
+        spread = []
+        rtols = [r["rtol"] for g in gcnn.groups.values() for r in g.solver] or [5e-3]
+        for g in gcnn.groups.values():
+            if g.cosine is not None:
+                spread.append(float(np.abs(g.cosine - g.cosine[:1]).max()))
+        s = max(spread) if spread else float("nan")
+        tol = 10 * max(rtols)
+        ok = dmax <= 1e-6 * max(emed, 1e-12) + 1e-9 and (not spread or s <= tol)
+        rows.append(
+            dict(
+                id="F5",
+                claim="The equivariant control has zero defect and constant influence.",
+                criterion=f"max D_g <= 1e-6 x median E_e (round-off) and cosine M^g_ii equal "
+                f"to M^e_ii within 10 x rtol = {tol:.2g} for every g",
+                numbers=f"max D_g {dmax:.3g} (median E_e {emed:.3g}); max |cos_g - cos_e| {s:.3g}",
+                status=_status(ok),
+            )
+        )
+    else:
+        rows.append(
+            dict(
+                id="F5",
+                claim="needs the G-CNN control",
+                criterion="-",
+                numbers="-",
+                status=_status(None),
+            )
+        )
+    return rows
+
+
+def readings(study: StudyData) -> dict[str, str]:
+    """A short data-driven reading of each figure, keyed by figure id."""
+    r: dict[str, str] = {}
+    parts = []
+    for m in study.models:
+        g = m.groups.get("d4")
+        if g is None:
+            continue
+        e, a = _med(g.error[0]), _med(g.error.mean(0))
+        parts.append(
+            f"{m.label}: median {e:.3g} untransformed vs {a:.3g} D4-averaged ({a / e:.2f}x)"
+        )
+    r["test_error"] = "; ".join(parts) + "." if parts else "No D4 audit."
+    parts = []
+    for m in study.models:
+        g = m.groups.get("d4")
+        if g is None:
+            continue
+        med = np.median(g.error, axis=1)
+        k = int(np.argmax(med))
+        parts.append(
+            f"{m.label}: worst element {g.elements[k]} (median {med[k]:.3g}, identity {med[0]:.3g})"
+        )
+    r["d4_error"] = "; ".join(parts) + "." if parts else "No D4 audit."
+    parts = []
+    for m in study.models:
+        g = m.groups.get("d4")
+        if g is None:
+            continue
+        txt = (
+            f"{m.label}: median cross-orbit Frobenius influence {_med(g.frobenius[1:]):.3g} "
+            f"(identity {_med(g.frobenius[0]):.3g})"
+        )
+        if g.cosine is not None:
+            txt += f", cosine {_med(g.cosine[1:]):.3g}"
+        parts.append(txt)
+    r["d4_influence"] = (
+        "; ".join(parts)
+        + ". A cosine near 1 means an update on x moves the loss on g x as much as on x "
+        "(the update propagates across the orbit); near 0, not at all."
+        if parts
+        else "No D4 audit."
+    )
+    for kind, axis in (("shift-x", "horizontal"), ("shift-y", "vertical")):
+        parts, iparts = [], []
+        for m in study.models:
+            g = m.groups.get(kind)
+            if g is None:
+                continue
+            med = np.median(g.error, axis=1)
+            parts.append(
+                f"{m.label}: median E_g from {med.min():.3g} to {med.max():.3g} "
+                f"(max/min {med.max() / med.min():.2f})"
+            )
+            src = g.cosine if g.cosine is not None else g.frobenius
+            im = np.median(src, axis=1)
+            iparts.append(f"{m.label}: median influence from {im.min():.3g} to {im.max():.3g}")
+        r[f"{kind}_error"] = (
+            (f"{axis.capitalize()} shifts. " + "; ".join(parts) + ".")
+            if parts
+            else f"No {kind} audit."
+        )
+        r[f"{kind}_influence"] = (
+            (f"{axis.capitalize()} shifts. " + "; ".join(iparts) + ".")
+            if iparts
+            else f"No {kind} audit."
+        )
+    parts = []
+    for m in study.models:
+        vals = [float(np.median(g.defect[1:])) for g in m.groups.values() if g.defect.shape[0] > 1]
+        if vals:
+            parts.append(
+                f"{m.label}: median defect over non-identity elements up to {max(vals):.3g}"
+            )
+    r["defect"] = "; ".join(parts) + "." if parts else "No audit."
+    return r
+
+
+def load_study(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
+    """`collect` with paths checked first (clear error for a missing directory)."""
+    missing = [str(d) for d in audit_dirs if not Path(d).is_dir()]
+    if missing:
+        raise ValueError(f"not audit directories: {', '.join(missing)}")
+    return collect(audit_dirs)

@@ -1,0 +1,167 @@
+"""The HTML report: one self-contained page referencing the figure files beside it."""
+
+from __future__ import annotations
+
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from symaudit.diagnostics.audit import write_json_atomic
+from symaudit.report.figures import COLOURS, make_figures
+from symaudit.report.findings import findings, load_study, readings, summary
+
+__all__ = ["build_report"]
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; color: #222;
+       line-height: 1.45; padding: 0 1em; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em;
+       margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.reproduced { background: #e4f5e4; } .not-reproduced { background: #fbe3e3; }
+.not-testable { background: #eee; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { font-size: 0.95em; margin-top: 0.4em; }
+.swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px;
+          vertical-align: middle; margin-right: 0.3em; }
+.warn { color: #a00; font-weight: bold; }
+"""
+
+_FIGURE_TEXT = {
+    "fig1_test_error": "test_error",
+    "fig2_d4_error": "d4_error",
+    "fig3_d4_influence": "d4_influence",
+    "fig4_shift-x_error": "shift-x_error",
+    "fig5_shift-y_error": "shift-y_error",
+    "fig6_shift-x_influence": "shift-x_influence",
+    "fig7_shift-y_influence": "shift-y_influence",
+    "fig8_defect": "defect",
+}
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.4g}"
+
+
+def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
+    """Figures (PNG + SVG), ``report.json`` (every number shown) and ``index.html`` in ``out``
+    from the given audit directories. Returns the HTML path."""
+    out = Path(out)
+    study = load_study(audit_dirs)
+    figs = make_figures(study, out)
+    numbers = summary(study)
+    found = findings(study)
+    read = readings(study)
+    solver = {m.preset: [r for g in m.groups.values() for r in g.solver] for m in study.models}
+    write_json_atomic(
+        out / "report.json",
+        {
+            "audits": [str(Path(d)) for d in audit_dirs],
+            "models": numbers,
+            "findings": found,
+            "readings": read,
+            "solver": solver,
+        },
+    )
+
+    p: list[str] = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>symaudit report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>symaudit report: learned symmetry of neural Euler emulators</h1>",
+        f"<p>{len(audit_dirs)} audits; grid {'×'.join(map(str, study.resolution))}. "
+        "Errors are one-step SMSE (squared error scaled by the training-set RMS of each "
+        "channel; dimensionless). D4 is audited at the first step of the rollout, "
+        "translations at the last step inside the training window. Box plots pool all seeds "
+        "and test mini-batches (Tukey: box = quartiles, whiskers = 1.5 IQR).</p>",
+        "<h2>Models</h2><table><tr><th>model</th><th>parameters</th><th>seeds</th>"
+        "<th>test one-step SMSE (per seed)</th><th>persistence x<sub>t+1</sub> = x<sub>t"
+        "</sub></th><th>beats persistence?</th></tr>",
+    ]
+    for m in study.models:
+        colour = COLOURS.get(m.architecture, "#888")
+        te = [m.test_errors[s]["one_step"] for s in m.seeds]
+        pe = [m.test_errors[s]["persistence_one_step"] for s in m.seeds]
+        beats = all(a < b for a, b in zip(te, pe, strict=True))
+        params = solver[m.preset][0]["num_params"] if solver[m.preset] else "–"
+        p.append(
+            f"<tr><td><span class='swatch' style='background:{colour}'></span>{_e(m.label)}"
+            f"</td><td class='num'>{_e(params)}</td><td>{_e(', '.join(map(str, m.seeds)))}"
+            f"</td><td class='num'>{_e(', '.join(_fmt(x) for x in te))}</td>"
+            f"<td class='num'>{_e(', '.join(_fmt(x) for x in pe))}</td>"
+            f"<td>{'yes' if beats else '<span class=warn>no</span>'}</td></tr>"
+        )
+    p.append("</table>")
+    p.append(
+        "<h2>The paper's findings at this scale</h2><table><tr><th></th><th>claim</th>"
+        "<th>criterion</th><th>numbers</th><th>status</th></tr>"
+    )
+    for f in found:
+        cls = f["status"].replace(" ", "-")
+        p.append(
+            f"<tr class='{cls}'><td>{_e(f['id'])}</td><td>{_e(f['claim'])}</td>"
+            f"<td>{_e(f['criterion'])}</td><td>{_e(f['numbers'])}</td>"
+            f"<td><b>{_e(f['status'])}</b></td></tr>"
+        )
+    p.append("</table>")
+    p.append("<h2>Figures</h2>")
+    for fig in figs:
+        key = _FIGURE_TEXT.get(fig.id)
+        text = read.get(key, "") if key else ""
+        p.append(
+            f"<figure id='{_e(fig.id)}'><img src='{_e(fig.svg)}' alt='{_e(fig.title)}'>"
+            f"<figcaption><b>{_e(fig.title)}.</b> {_e(text)} "
+            f"(<a href='{_e(fig.png)}'>PNG</a>, <a href='{_e(fig.svg)}'>SVG</a>)"
+            "</figcaption></figure>"
+        )
+    p.append(
+        "<h2>Solver statistics</h2><p>Conjugate gradients on chi = eta + lambda I, stopping "
+        "per column at ||chi u - b|| &le; rtol ||b|| (true residual recomputed). "
+        "'test' solves give u<sub>i</sub> = chi<sup>-1</sup> grad C<sub>x_i</sub>; 'cosine' "
+        "solves give the transformed states' norms.</p><table><tr><th>model</th><th>solves"
+        "</th><th>columns</th><th>rtol</th><th>max residual</th><th>median iterations</th>"
+        "<th>max iterations</th><th>converged</th><th>lambda (median)</th>"
+        "<th>CG time (s)</th></tr>"
+    )
+    for m in study.models:
+        rows = solver[m.preset]
+        if not rows:
+            continue
+        cols = sum(r["columns"] for r in rows)
+        conv = sum(r["converged"] for r in rows)
+        warn = "" if conv == cols else " <span class=warn>NOT ALL CONVERGED</span>"
+        p.append(
+            f"<tr><td>{_e(m.label)}</td><td class='num'>{len(rows)}</td>"
+            f"<td class='num'>{cols}</td><td class='num'>"
+            f"{_e(', '.join(sorted({format(r['rtol'], 'g') for r in rows})))}</td>"
+            f"<td class='num'>{max(r['max_residual'] for r in rows):.3g}</td>"
+            f"<td class='num'>{np.median([r['median_iterations'] for r in rows]):.0f}</td>"
+            f"<td class='num'>{max(r['max_iterations'] for r in rows)}</td>"
+            f"<td class='num'>{conv}/{cols}{warn}</td>"
+            f"<td class='num'>{np.median([r['damping'] for r in rows]):.3g}</td>"
+            f"<td class='num'>{sum(r['seconds'] for r in rows):.1f}</td></tr>"
+        )
+    p.append("</table>")
+    p.append("<h2>Sources</h2><ul>")
+    for m in study.models:
+        for a in m.audits:
+            p.append(f"<li>{_e(m.label)}: <code>{_e(a)}</code></li>")
+    p.append(
+        "</ul><p>All numbers in this page are in <a href='report.json'>report.json</a>.</p>"
+        "</body></html>"
+    )
+    path = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text("\n".join(p))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,148 @@
+"""End to end: `reproduce("micro")` (generate → train → audit → report), its resumption, the
+audit's test-state selection, and the report's numbers against the audit files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from symaudit.data import open_dataset
+from symaudit.diagnostics.audit import AuditError, load_audit, run_audit
+from symaudit.diagnostics.equivariance import equivariance_error
+from symaudit.groups import from_spec
+from symaudit.pipeline import PRESETS, reproduce
+from symaudit.training import SMSE, load_checkpoint
+
+MICRO = PRESETS["micro"]
+FIGURES = [
+    "fig1_test_error",
+    "fig2_d4_error",
+    "fig3_d4_influence",
+    "fig4_shift-x_error",
+    "fig5_shift-y_error",
+    "fig6_shift-x_influence",
+    "fig7_shift-y_influence",
+    "fig8_defect",
+    "fig9_solver",
+]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro")
+    res = reproduce("micro", out, progress=False)
+    return out, res
+
+
+def test_micro_runs_every_stage_and_writes_every_figure(study):
+    out, res = study
+    stages = {name.split("/")[0] for name in res.ran}
+    assert stages == {"generate", "train", "audit", "report"}
+    assert res.skipped == []
+    n_runs = len(MICRO.models) * len(MICRO.seeds)
+    assert sum(n.startswith("train/") for n in res.ran) == n_runs
+    assert sum(n.startswith("audit/") for n in res.ran) == n_runs
+    html = (out / "report" / "index.html").read_text()
+    for fig in FIGURES:
+        for ext in ("png", "svg"):
+            f = out / "report" / f"{fig}.{ext}"
+            assert f.is_file() and f.stat().st_size > 1000, f
+        assert f"{fig}.svg" in html
+    for fid in ("F1", "F2", "F3", "F4", "F5"):
+        assert f"<td>{fid}</td>" in html
+
+
+def test_report_numbers_equal_audit_files(study):
+    out, _ = study
+    report = json.loads((out / "report" / "report.json").read_text())
+    for mp in MICRO.models:
+        audits = [load_audit(out / "audits" / f"{mp.preset}-s{s}") for s in MICRO.seeds]
+        nums = report["models"][mp.preset]
+        for kind, spec in zip(("d4", "shift-x", "shift-y"), MICRO.groups, strict=True):
+            err = torch.cat([e.error for a in audits for e in a.equivariance[spec]], 1).numpy()
+            frob = torch.cat(
+                [r.diagonal("frobenius") for a in audits for r in a.influence[spec]], 1
+            ).numpy()
+            cos = torch.cat(
+                [r.diagonal("cosine") for a in audits for r in a.influence[spec]], 1
+            ).numpy()
+            assert nums[kind]["median_error"] == pytest.approx(np.median(err, 1), rel=1e-12)
+            assert nums[kind]["median_frobenius"] == pytest.approx(np.median(frob, 1), rel=1e-12)
+            assert nums[kind]["median_cosine"] == pytest.approx(np.median(cos, 1), rel=1e-12)
+        one_step = {str(a.seed): a.test_errors["all"]["one_step"] for a in audits}
+        assert nums["test_one_step"] == one_step
+    # the exactly equivariant control must be judged equivariant (F5), from real numbers
+    f5 = next(f for f in report["findings"] if f["id"] == "F5")
+    assert f5["status"] == "reproduced", f5
+
+
+def test_audit_uses_the_papers_test_states(study):
+    """D4 at (x_0, x_1), translations at (x_{T-2}, x_{T-1}), batch k = k-th trajectory of
+    each family of the test files; recomputing E_g from the raw data gives the stored value."""
+    out, _ = study
+    name = f"{MICRO.models[0].preset}-s{MICRO.seeds[0]}"
+    rec = load_audit(out / "audits" / name)
+    model, info = load_checkpoint(out / "runs" / name / "checkpoint.pt")
+    loss = SMSE(info.channel_rms)
+    trajs = []
+    for fam in sorted(MICRO.families):  # the audit reads test files in sorted order
+        with open_dataset(out / "data" / "test" / f"{fam}.h5") as ds:
+            trajs.append(ds.read([0]))
+    traj = torch.cat(trajs)  # batch 0: first trajectory of every family
+    T = traj.shape[1]
+    for spec, step in (("d4", 0), ("shift-x:4", T - 2)):
+        piece = rec.meta["pieces"][spec][0]
+        assert piece["time_index"] == step
+        group = from_spec(spec, info.layout, resolution=traj.shape[-1])
+        ref = equivariance_error(model, (traj[:, step], traj[:, step + 1]), group, loss)
+        torch.testing.assert_close(rec.equivariance[spec][0].error, ref.error, rtol=0, atol=0)
+    # a rerun with other settings is refused, naming the difference
+    with pytest.raises(AuditError, match="rtol"):
+        run_audit(
+            out / "runs" / name,
+            list(MICRO.groups),
+            out=out / "audits" / name,
+            rtol=0.123,
+            test_batches=MICRO.test_batches,
+            test_data=[str(out / "data" / "test")],
+        )
+
+
+def test_resume_redoes_only_the_interrupted_unit(study):
+    out, _ = study
+    name = f"{MICRO.models[1].preset}-s{MICRO.seeds[0]}"
+    # an audit killed mid-way: one piece and the manifest missing, the other pieces present
+    audit_dir = out / "audits" / name
+    pieces = sorted(audit_dir.rglob("*.pt"))
+    victim = next(p for p in pieces if p.name == "influence.pt")
+    victim.unlink()
+    (out / "manifests" / f"audit__{name}.json").unlink()
+    before = {p: p.stat().st_mtime_ns for p in pieces if p != victim}
+    # a training stage whose manifest was lost (killed after its last checkpoint)
+    other = f"{MICRO.models[2].preset}-s{MICRO.seeds[0]}"
+    (out / "manifests" / f"train__{other}.json").unlink()
+    res = reproduce("micro", out, progress=False)
+    assert sorted(res.ran) == sorted([f"audit/{name}", f"train/{other}"])
+    assert victim.is_file()
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # other pieces not redone
+    assert f"audit/{other}" in res.skipped and "report" in res.skipped
+
+
+def test_changed_settings_redo_dependent_units_only(study, tmp_path):
+    out, _ = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    # another report input list: only the report depends on it
+    from dataclasses import replace
+
+    changed = replace(MICRO, models=MICRO.models[:2])
+    res = reproduce(changed, copy, progress=False)
+    assert res.ran == ["report"]
+    report = json.loads((copy / "report" / "report.json").read_text())
+    assert sorted(report["models"]) == sorted(m.preset for m in MICRO.models[:2])
+    assert os.path.getsize(copy / "report" / "index.html") > 0
