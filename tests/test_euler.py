@@ -145,7 +145,8 @@ def test_second_order_on_smooth_flow() -> None:
         out = evolve(smooth_wave(n, 0.0), [t_final])[0, -1]
         errors.append((out[0] - smooth_wave(n, t_final)[0, 0]).abs().mean().item())
     orders = [math.log2(a / b) for a, b in zip(errors, errors[1:], strict=False)]
-    # MUSCL + SSP-RK2: second order on smooth data (the limiter clips extrema; measured ~1.9-2.0)
+    # MUSCL + SSP-RK2: second order on smooth data; the limiter clips extrema on coarse grids
+    # (measured L1 7.3e-3, 2.5e-3, 6.9e-4: orders 1.56, 1.85)
     assert orders[-1] >= 1.8, (errors, orders)
 
 
