@@ -275,7 +275,13 @@ def test_deterministic_and_batch_independent() -> None:
     fast = four_quadrant(1, 16, seed=7, vel=(-3.0, 3.0), p=(0.5, 2.0))  # different CFL steps
     other = four_quadrant(1, 16, seed=8)
     times = [0.0, 0.1, 0.25]
-    batch = evolve(torch.cat([slow, fast, other]), times)
+    info: dict = {}
+    batch = evolve(torch.cat([slow, fast, other]), times, info=info)
+    steps = info["steps"].tolist()
+    assert steps[1] > steps[0] > 0  # each trajectory took its own CFL steps
+    alone: dict = {}
+    evolve(slow, times, info=alone)
+    assert alone["steps"].tolist() == steps[:1]
     assert torch.equal(batch, evolve(torch.cat([slow, fast, other]), times))
     assert torch.equal(batch[1:2], evolve(fast, times))
     assert torch.equal(batch[0:1], evolve(slow, times))
