@@ -149,7 +149,7 @@ class MetricOperator:
         damping: float = 0.0,
         *,
         params: Sequence[str] | None = None,
-        chunk_size: int | None = 32,
+        chunk_size: int | None = 4,
         global_count: int | None = None,
         process_group: object | None = None,
     ) -> None:
