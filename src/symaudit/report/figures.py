@@ -52,7 +52,7 @@ def _positive_log(ax, values: list[np.ndarray]) -> None:
         ax.set_yscale("log")
 
 
-def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel):
+def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel, legend=True):
     """One cluster of boxes per label (group element), one box per model, side by side."""
     models = [m for m in study.models if kind in m.groups]
     n = len(models)
@@ -79,8 +79,14 @@ def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel):
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    if handles:
-        ax.legend([h for h, _ in handles], [lab for _, lab in handles], loc="best", fontsize=8)
+    if handles and legend:
+        ax.legend(
+            [h for h, _ in handles],
+            [lab for _, lab in handles],
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            fontsize=8,
+        )
     return all_vals
 
 
@@ -147,7 +153,13 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     # 3: influence per D4 element (Frobenius and cosine)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
     _grouped_boxes(
-        axes[0], study, "d4", lambda g: g.frobenius, labels, "M^g_ii / ||M^g||_F (dimensionless)"
+        axes[0],
+        study,
+        "d4",
+        lambda g: g.frobenius,
+        labels,
+        "M^g_ii / ||M^g||_F (dimensionless)",
+        legend=False,
     )
     axes[0].set_title("Influence of x_i on g x_i, Frobenius-normalised (paper)")
     have_cos = any(m.groups["d4"].cosine is not None for m in d4_models)
@@ -254,7 +266,9 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     ylabel = "D_g = SMSE(f(g x), g f(x)) (dimensionless)"
     for ax, kind in zip(axes[0], kinds, strict=False):
         if kind == "d4":
-            _grouped_boxes(ax, study, "d4", lambda g: np.maximum(g.defect, _FLOOR), labels, ylabel)
+            _grouped_boxes(
+                ax, study, "d4", lambda g: np.maximum(g.defect, _FLOOR), labels, ylabel, False
+            )
             ax.set_xlabel("D4 element g")
         else:
             for i, m in enumerate(study.models):
