@@ -5,6 +5,7 @@ import torch
 
 from _tiny_models import (
     GRID,
+    LAYOUT,
     batch,
     dense_jacobian,
     loss,
@@ -150,3 +151,67 @@ def test_bad_input_is_rejected_clearly():
     op = MetricOperator(model, lossfn, (x, y))
     with pytest.raises(ValueError, match="rows"):
         op(torch.zeros(op.num_params + 1, 2, dtype=torch.float64))
+
+
+def _sharded_worker(rank: int, world: int, tmp: str) -> None:
+    import torch.distributed as dist
+
+    from symaudit.diagnostics.influence import influence
+    from symaudit.groups import Dihedral4
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world)
+    try:
+        model, lossfn = make("conv"), loss()
+        x, y = batch(3, 8, seed=9)
+        shard = (x[:1], y[:1]) if rank == 0 else (x[1:], y[1:])  # uneven: global count matters
+        op = MetricOperator(model, lossfn, shard, damping=0.01, process_group=dist.group.WORLD)
+        V = torch.randn(
+            op.num_params, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
+        test = batch(2, 8, seed=10)
+        res = influence(
+            model,
+            lossfn,
+            test,
+            list(Dihedral4(LAYOUT))[:2],
+            shard,
+            damping=0.01,
+            rank=16,
+            process_group=dist.group.WORLD,
+        )
+        torch.save(
+            {"eta": op.eta(V), "raw": res.raw, "count": op.global_count}, f"{tmp}/r{rank}.pt"
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_metric_batch_over_two_gloo_processes_matches_one(tmp_path):
+    import torch.multiprocessing as mp
+
+    from symaudit.diagnostics.influence import influence
+    from symaudit.groups import Dihedral4
+
+    mp.spawn(_sharded_worker, args=(2, str(tmp_path)), nprocs=2, join=True)
+    model, lossfn = make("conv"), loss()
+    full = batch(3, 8, seed=9)
+    op = MetricOperator(model, lossfn, full, damping=0.01)
+    V = torch.randn(
+        op.num_params, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    want = op.eta(V)
+    res = influence(
+        model,
+        lossfn,
+        batch(2, 8, seed=10),
+        list(Dihedral4(LAYOUT))[:2],
+        full,
+        damping=0.01,
+        rank=16,
+    )
+    for r in range(2):
+        got = torch.load(tmp_path / f"r{r}.pt", weights_only=True)
+        assert got["count"] == 3
+        assert torch.allclose(got["eta"], want, rtol=1e-10, atol=1e-14)
+        assert torch.allclose(got["raw"], res.raw, rtol=1e-8, atol=1e-12)

@@ -277,7 +277,8 @@ def influence(
         vmap chunk of chi products, 4: measured fastest per column on CPU), grad_chunk_size
         (samples per vmap chunk of per-sample gradients, 8), block_columns (right-hand sides
         solved together, 128: test and transformed states share CG calls), seed (0),
-        progress (False).
+        progress (False), process_group (torch.distributed group over which ``metric_batch``
+        is sharded: every rank passes the same test batch and its own metric shard).
 
     Returns: `InfluenceResult`. Non-converged solves raise `ConvergenceWarning` and are marked
     in ``result.reports``.
@@ -306,6 +307,7 @@ def influence_sweep(
     block_columns: int = 128,
     seed: int = 0,
     progress: bool = False,
+    process_group: object | None = None,
 ) -> list[InfluenceResult]:
     """`influence` for several dampings, sharing the per-sample gradients of the test states,
     the metric operator and the Nyström sketch of eta (which does not depend on lambda)."""
@@ -323,7 +325,7 @@ def influence_sweep(
     metric_desc: dict = {"source": "test batch" if metric_batch is None else "given"}
     metric_batch = test_batch if metric_batch is None else metric_batch
     op = MetricOperator(
-        model, loss, metric_batch, params=params, chunk_size=chunk_size, process_group=None
+        model, loss, metric_batch, params=params, chunk_size=chunk_size, process_group=process_group
     )
     dev, dt = op.device, op.dtype
     xt, xt1 = (t.to(device=dev, dtype=dt) for t in test_batch)
@@ -332,7 +334,8 @@ def influence_sweep(
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise ValueError(f"group element {g.name!r} produced NaN/inf")
     metric_desc.update(
-        size=int(metric_batch[0].shape[0]),
+        size=op.global_count,
+        local_size=int(metric_batch[0].shape[0]),
         shape=list(metric_batch[0].shape),
         digest=_tensor_digest(*metric_batch),
     )

@@ -135,8 +135,10 @@ class MetricOperator:
         params: module-name prefixes restricting the parameters (default: all trainable).
         chunk_size: columns per vmap chunk (bounds memory: activations x chunk_size).
         global_count: total number of metric transitions over all ranks when the metric batch
-            is sharded with torch.distributed (W uses the global count); default: this batch.
-        process_group: if given, eta V is all-reduced (summed) over this group.
+            is sharded (W uses the global count); default: this batch, or the sum over
+            ``process_group`` when one is given.
+        process_group: a torch.distributed group (e.g. ``dist.group.WORLD``) over which the
+            metric batch is sharded: each rank passes its own part, eta V is all-reduced.
 
     ``op(V)`` applies chi to `(P,)` or `(P, k)`; ``op.eta(V)`` applies eta alone.
     """
@@ -173,7 +175,14 @@ class MetricOperator:
         self.process_group = process_group
         x = metric_batch[0].to(device=self.device, dtype=self.dtype)
         self.batch_size = x.shape[0]
-        count = (global_count if global_count is not None else x.shape[0]) * x[0].numel()
+        if global_count is None and process_group is not None:
+            import torch.distributed as dist
+
+            n = torch.tensor([x.shape[0]], dtype=torch.long, device=self.device)
+            dist.all_reduce(n, group=process_group)
+            global_count = int(n)
+        self.global_count = global_count if global_count is not None else x.shape[0]
+        count = self.global_count * x[0].numel()
         # W = grad^2_out of mean_{entries} w_c (f - y)^2 = 2 w_c / (#entries)
         self.weights = loss.channel_weights(self.dtype, self.device) * (2.0 / count)
         self.damping = float(damping)
