@@ -1,13 +1,12 @@
-"""Shared test settings: deterministic, single-threaded-friendly torch on CPU."""
-
-import os
+"""Shared test settings: single-threaded, denormal-free torch on CPU."""
 
 import pytest
 import torch
 
-# Two-core machines: keep torch from oversubscribing when pytest runs in parallel jobs.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-# Denormals make float32 finite-volume code >10x slower on CPU (see NOTES.md).
+# The test grids are tiny: intra-op threads only add synchronisation, and on a 2-core machine
+# with any other load a second thread made solver tests 10-40x slower (docs/data.md).
+torch.set_num_threads(1)
+# Denormals make float32 finite-volume code >10x slower on CPU (NOTES.md).
 torch.set_flush_denormal(True)
 
 

@@ -25,17 +25,6 @@ from symaudit.physics import (
     primitive_to_conservative,
 )
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These grids are small: a second intra-op thread only adds waiting (25x slower measured
-    on a loaded 2-core machine), so run single-threaded and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------------------------------
 # Group actions on (..., 4, H, W) conservative states
 

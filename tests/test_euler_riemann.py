@@ -18,17 +18,6 @@ import torch
 from exact_riemann import State, cell_averages
 from symaudit.physics import evolve, primitive_to_conservative
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """These grids are small: a second intra-op thread only adds waiting (25x slower measured
-    on a loaded 2-core machine), so run single-threaded and restore the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 LENGTH, X0, X1 = 2.5, 0.5, 1.75
 RESOLUTIONS = (100, 200, 400)
 

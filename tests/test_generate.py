@@ -25,16 +25,6 @@ SMALL = GenerationSettings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny grids gain nothing from intra-op threads; on a busy 2-core machine a second thread
-    # slowed the solver 15x (see docs/data.md).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _fields(path):
     with h5py.File(path, "r") as f:
         return f["fields"][...]

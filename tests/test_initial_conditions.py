@@ -12,16 +12,6 @@ from symaudit.physics.initial_conditions import DISTRIBUTIONS, KINDS, sample
 QUADRANT_KINDS = ("ce-rp", "ce-crp", "ce-rpui")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny grids gain nothing from intra-op threads, and on a busy 2-core machine a second
-    # thread made a 16^2 solve 15x slower (80 s vs 5 s); see docs/data.md.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _prim(state):
     return conservative_to_primitive(state).unbind(1)  # rho, u, v, p, each (n, H, W)
 

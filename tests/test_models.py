@@ -11,15 +11,6 @@ from symaudit.groups import Dihedral4, Translations
 LAYOUT = FieldLayout.euler()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a shared, busy 2-core machine oversubscribe badly.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _randomise(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
     """Perturb every parameter so no layer sits at a symmetric initial value (zero biases,
     unit norms, small heads) that could hide a broken weight-sharing pattern."""

@@ -17,13 +17,8 @@ from symaudit.physics.initial_conditions import sample
 @pytest.fixture(scope="module")
 def flow():
     """Two CE-RP trajectories at 32^2, 21 snapshots on [0, 1]: conservative (2, 21, 4, H, W)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny grid; see test_initial_conditions
-    try:
-        ic = sample("ce-rp", 2, 32, seed=1)
-        return evolve(ic.state, torch.linspace(0.0, 1.0, 21, dtype=torch.float64))
-    finally:
-        torch.set_num_threads(before)
+    ic = sample("ce-rp", 2, 32, seed=1)
+    return evolve(ic.state, torch.linspace(0.0, 1.0, 21, dtype=torch.float64))
 
 
 def _write(path, flow, orientation, *, tamper=None):

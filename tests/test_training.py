@@ -23,15 +23,6 @@ from symaudit.training.loss import SMSE
 from test_transitions import write_smooth_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a shared, busy 2-core machine oversubscribe badly (40x slower measured).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("data")
