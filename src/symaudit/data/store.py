@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 import torch
 
+from symaudit._io import atomic_path
 from symaudit.data.stats import RunningRMS
 from symaudit.fields import FieldLayout, LayoutError
 
@@ -154,8 +155,7 @@ def write_dataset(
     for name, value in params.items():
         if value.ndim == 0 or value.shape[0] != fields.shape[0]:
             raise ValueError(f"param {name!r} must have leading dimension {fields.shape[0]}")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         create_file(
             tmp,
             num_trajectories=fields.shape[0],
@@ -171,10 +171,6 @@ def write_dataset(
                 f["params"][name][...] = value.numpy()
             f["channel_rms"][...] = rms.numpy()
             f["done"][...] = 1
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

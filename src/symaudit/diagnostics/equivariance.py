@@ -15,13 +15,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from symaudit._io import atomic_torch_save
 from symaudit.diagnostics.metric import Transitions, check_transitions, model_checksum
 from symaudit.fields import FieldLayout, LayoutError
 from symaudit.groups import Group
@@ -97,18 +97,7 @@ class EquivarianceResult:
             "error": self.error.detach().cpu(),
             "defect": self.defect.detach().cpu(),
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_torch_save(payload, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> EquivarianceResult:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from symaudit._io import atomic_torch_save
 from symaudit.fields import FieldLayout
 from symaudit.models import build_from_config
 
@@ -101,19 +102,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     missing = [k for k in _REQUIRED if k not in payload and k not in ("format", "version")]
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return atomic_torch_save(data, path)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from symaudit._io import atomic_write_text
 from symaudit.data.transitions import TransitionData, load_transitions, parse_snapshots
 from symaudit.groups import Dihedral4
 from symaudit.models import build_from_config, model_config
@@ -191,12 +192,6 @@ def evaluate(
     }
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _resolve_model_config(config: TrainConfig, data: TransitionData) -> dict[str, Any]:
     overrides = dict(config.model_overrides)
     cfg = model_config(config.model, **overrides)
@@ -304,7 +299,7 @@ def train(
                 f"batch {start_batch} (step {step})"
             )
     elif rank == 0:
-        _write_text_atomic(out / "config.json", json.dumps(config.to_dict(), indent=2))
+        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
 
     ddp = model
     if world > 1:
@@ -419,7 +414,7 @@ def train(
                 }
                 history.append(metrics)
                 save(epoch + 1, 0, 0.0)
-                _write_text_atomic(
+                atomic_write_text(
                     out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in history)
                 )
                 say(
