@@ -210,3 +210,19 @@ def test_report_renders_in_headless_chromium(tmp_path):
     # the page is not blank: a good share of pixels are not white (text, tables, figures)
     nonwhite = (img[..., :3].min(axis=-1) < 0.9).mean()
     assert nonwhite > 0.02, nonwhite
+
+
+def test_cli_errors_are_clear(tmp_path):
+    from typer.testing import CliRunner
+
+    from symaudit.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(tmp_path / "nope"), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "not audit directories" in res.output
+    res = runner.invoke(
+        app,
+        ["audit", "--run", str(tmp_path / "norun"), "--out", str(tmp_path / "a"), "--group", "d4"],
+    )
+    assert res.exit_code == 2 and "no such checkpoint" in res.output
+    assert not (tmp_path / "a").exists()
