@@ -17,12 +17,10 @@ CG from zero under-estimates each quadratic form q = b^T chi^{-1} b by r^T chi^{
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from symaudit._io import atomic_torch_save
 from symaudit.diagnostics._gradients import per_sample_gradients
 from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, cg
 from symaudit.diagnostics.metric import (
@@ -119,7 +118,6 @@ class InfluenceResult:
     def save(self, path: str | os.PathLike) -> Path:
         """Write atomically (temporary file in the same directory, then rename)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {
             "format": _FORMAT,
             "elements": self.elements,
@@ -137,17 +135,7 @@ class InfluenceResult:
         }
         if self.transformed_norms is not None:
             payload["transformed_norms"] = self.transformed_norms.cpu()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_torch_save(payload, path)
         return path
 
     @classmethod
