@@ -3,7 +3,6 @@ jacrev, per-sample gradients by plain autograd) are affordable."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,13 +73,3 @@ def dense_gradients(op: MetricOperator, lossfn: SMSE, x: torch.Tensor, y: torch.
         (g,) = torch.autograd.grad(c, th)
         cols.append(g)
     return torch.stack(cols, 1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are dominated by per-op overhead: a second intra-op thread only adds
-    synchronisation (measured ~8x slower CPU time on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

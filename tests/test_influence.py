@@ -13,7 +13,6 @@ from _tiny_models import (
     dense_gradients,
     loss,
     make,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
 from symaudit.diagnostics.influence import (
     DEFAULT_RELATIVE_DAMPING,

@@ -5,7 +5,6 @@ import warnings
 import pytest
 import torch
 
-from _tiny_models import one_thread  # noqa: F401  (autouse fixture)
 from symaudit.diagnostics.krylov import ConvergenceWarning, NystromPreconditioner, cg
 
 

@@ -10,7 +10,6 @@ from _tiny_models import (
     dense_jacobian,
     loss,
     make,
-    one_thread,  # noqa: F401  (autouse fixture)
 )
 from symaudit.diagnostics.metric import MetricOperator, dense_eta
 
