@@ -23,7 +23,7 @@ from symaudit.diagnostics.influence import (
 )
 from symaudit.diagnostics.krylov import ConvergenceWarning
 from symaudit.diagnostics.metric import MetricOperator, dense_eta
-from symaudit.groups import Dihedral4, Translations
+from symaudit.groups import Dihedral4, GalileanBoost, Translations
 
 RTOL = 5e-3
 D4 = Dihedral4(LAYOUT)
@@ -39,7 +39,7 @@ def _dense(model, lossfn, test, group, lam, metric=None):
     n0 = (B0 * U).sum(0).sqrt()
     raw, cos = [], []
     for g in group:
-        Bg = dense_gradients(op, lossfn, g(test[0]), g(test[1]))
+        Bg = dense_gradients(op, lossfn, *g.transition(*test))
         M = B0.T @ torch.linalg.solve(chi, Bg)
         ng = (Bg * torch.linalg.solve(chi, Bg)).sum(0).sqrt()
         raw.append(M)
@@ -72,6 +72,21 @@ def test_matches_dense_oracle(kind):
     e = res.index("e")
     assert torch.allclose(res.raw[e], res.raw[e].T, rtol=10 * RTOL, atol=1e-12)
     assert (res.diagonal("cosine")[e] - 1).abs().max() <= 10 * RTOL
+
+
+def test_galilean_boost_transforms_input_and_target_differently():
+    # A boost observed over dt kicks the input but kicks *and* shifts the target by c*dt
+    # (one cell here): the influence must use that transition, not g applied to both.
+    model, lossfn = make("gcnn"), loss()
+    test = batch(2, GRID["gcnn"], seed=3)
+    boost = GalileanBoost(LAYOUT, velocity=(1.0, 0.0), dt=1.0 / GRID["gcnn"])
+    res = influence(model, lossfn, test, boost, rtol=RTOL, rank=16)
+    raw, _, _ = _dense(model, lossfn, test, boost, res.damping)
+    assert _rel(res.raw, raw) <= 10 * RTOL
+    g = list(boost)[-1]
+    naive = dense_gradients(MetricOperator(model, lossfn, test), lossfn, g(test[0]), g(test[1]))
+    exact = dense_gradients(MetricOperator(model, lossfn, test), lossfn, *g.transition(*test))
+    assert (naive - exact).norm() > 1e-3 * exact.norm()
 
 
 def test_equivariant_model_is_constant_along_the_orbit():

@@ -194,7 +194,11 @@ def _elements(group: Iterable) -> list:
 
 
 def _transform(g, batch: Transitions) -> Transitions:
-    x, y = g(batch[0]), g(batch[1])
+    # A Galilean boost acts differently on the input and the target of a transition (the
+    # target is displaced by c*dt): `symaudit.groups` elements know this via `transition`.
+    # Plain callables (D4, shifts, user maps) act on both alike.
+    transition = getattr(g, "transition", None)
+    x, y = transition(*batch) if transition is not None else (g(batch[0]), g(batch[1]))
     if x.shape != batch[0].shape or y.shape != batch[1].shape:
         raise ValueError(
             f"group element {g.name!r} changed the state shape {tuple(batch[0].shape)} "
