@@ -59,6 +59,7 @@ class ModelData:
     audits: list[str]
     groups: dict[str, GroupData]
     test_errors: dict[int, dict]  # seed -> test_errors.json "all" entry
+    family_errors: dict[int, dict] = field(default_factory=dict)  # seed -> {family: entry}
 
     @property
     def label(self) -> str:
@@ -112,6 +113,7 @@ def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
         m.seeds.append(rec.seed)
         m.audits.append(str(rec.path))
         m.test_errors[rec.seed] = rec.test_errors["all"]
+        m.family_errors[rec.seed] = {k: v for k, v in rec.test_errors.items() if k != "all"}
         for spec in rec.equivariance:
             kind = _kind(spec)
             if kind is None:
@@ -163,6 +165,13 @@ def summary(study: StudyData) -> dict[str, Any]:
             "test_one_step": {str(k): v["one_step"] for k, v in m.test_errors.items()},
             "persistence_one_step": {
                 str(k): v["persistence_one_step"] for k, v in m.test_errors.items()
+            },
+            "family_one_step": {
+                str(k): {f: e["one_step"] for f, e in v.items()} for k, v in m.family_errors.items()
+            },
+            "family_persistence_one_step": {
+                str(k): {f: e["persistence_one_step"] for f, e in v.items()}
+                for k, v in m.family_errors.items()
             },
         }
         for kind, g in m.groups.items():

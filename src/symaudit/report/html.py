@@ -102,6 +102,29 @@ def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
             f"<td>{'yes' if beats else '<span class=warn>no</span>'}</td></tr>"
         )
     p.append("</table>")
+    fams = sorted({f for m in study.models for v in m.family_errors.values() for f in v})
+    if fams:
+        p.append(
+            "<p>Per initial-condition family (one-step SMSE on all test transitions, mean "
+            "over seeds; the scale is the training-set RMS of all families together, so "
+            "families with strong dynamics dominate the pooled number):</p><table><tr>"
+            "<th>model</th>"
+            + "".join(f"<th>{_e(f)}: model / persistence</th>" for f in fams)
+            + "</tr>"
+        )
+        for m in study.models:
+            cells = []
+            for f in fams:
+                te = [v[f]["one_step"] for v in m.family_errors.values() if f in v]
+                pe = [v[f]["persistence_one_step"] for v in m.family_errors.values() if f in v]
+                if not te:
+                    cells.append("<td>–</td>")
+                    continue
+                a, b = float(np.mean(te)), float(np.mean(pe))
+                mark = "" if a < b else " <span class=warn>(worse)</span>"
+                cells.append(f"<td class='num'>{a:.3g} / {b:.3g}{mark}</td>")
+            p.append(f"<tr><td>{_e(m.label)}</td>{''.join(cells)}</tr>")
+        p.append("</table>")
     p.append(
         "<h2>The paper's findings at this scale</h2><table><tr><th></th><th>claim</th>"
         "<th>criterion</th><th>numbers</th><th>status</th></tr>"
