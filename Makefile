@@ -19,8 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/symaudit generate --kind ce-rp --trajectories 8 --resolution 64 --snapshots 21 \
-		--t-final 1.0 --seed 0 --out $(DEMO_OUT)/data/ce-rp.h5
+	$(VENV)/bin/symaudit reproduce --preset demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

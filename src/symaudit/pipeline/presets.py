@@ -86,10 +86,10 @@ PRESETS: dict[str, StudyPreset] = {
             t_final=0.5,
             models=(
                 ModelPlan("unet-small", epochs=8, batch_size=16, lr=2e-3),
-                ModelPlan("vit-small", epochs=8, batch_size=16, lr=1e-3),
+                ModelPlan("vit-small", epochs=20, batch_size=16, lr=1e-3),
                 ModelPlan(
                     "gcnn-small",
-                    epochs=8,
+                    epochs=6,
                     batch_size=16,
                     lr=2e-3,
                     overrides={"channels": 4, "blocks": 2},

@@ -104,7 +104,7 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     d4_models = [m for m in study.models if "d4" in m.groups]
 
     # 1: untransformed vs D4-averaged test error
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     data, pos, cols, ticks = [], [], [], []
     for j, m in enumerate(d4_models):
         g = m.groups["d4"]

@@ -26,7 +26,7 @@ th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .reproduced { background: #e4f5e4; } .not-reproduced { background: #fbe3e3; }
 .not-testable { background: #eee; }
-figure { margin: 1.2em 0; } figure img { width: 100%; max-width: 1150px; border: 1px solid #eee; }
+figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.95em; margin-top: 0.4em; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px;
           vertical-align: middle; margin-right: 0.3em; }
