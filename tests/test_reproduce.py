@@ -146,3 +146,28 @@ def test_changed_settings_redo_dependent_units_only(study, tmp_path):
     report = json.loads((copy / "report" / "report.json").read_text())
     assert sorted(report["models"]) == sorted(m.preset for m in MICRO.models[:2])
     assert os.path.getsize(copy / "report" / "index.html") > 0
+
+
+def test_damping_sweep_is_relative_to_the_spectrum(study, tmp_path):
+    out, _ = study
+    sweep_spec = ("auto:0.1", "auto:0.3", "auto:1")  # large lambdas: few CG iterations
+    name = f"{MICRO.models[0].preset}-s{MICRO.seeds[0]}"
+    run_audit(
+        out / "runs" / name,
+        ["c4"],
+        out=tmp_path / "sweep",
+        damping="auto:0.03",
+        damping_sweep=sweep_spec,
+        test_batches=1,
+        test_data=[str(out / "data" / "test")],
+        rank=16,
+    )
+    rec = load_audit(tmp_path / "sweep")
+    main, sweep = rec.influence["c4"][0], rec.sweep["c4"][0]
+    top = main.spectrum["top_eigenvalue"]
+    assert main.damping == pytest.approx(0.03 * top, rel=1e-12)
+    fracs = [float(d.split(":")[1]) for d in sweep_spec]
+    assert [r.damping for r in sweep] == pytest.approx([f * top for f in fracs], rel=1e-12)
+    # more damping, less influence: the raw quadratic forms decrease monotonically in lambda
+    norms = [float(r.norms.square().sum()) for r in sweep]
+    assert all(a > b for a, b in zip(norms, norms[1:], strict=False)), norms
