@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "atomic_torch_save", "atomic_write_json", "atomic_write_text"]
+__all__ = [
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_json",
+    "atomic_write_text",
+    "load_result_payload",
+]
 
 
 @contextlib.contextmanager
@@ -58,3 +64,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     """Indented, key-sorted JSON with a trailing newline."""
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def load_result_payload(
+    path: str | os.PathLike, fmt: str, error: type[Exception], what: str
+) -> tuple[dict, dict]:
+    """Read a result written as ``{"meta": json, ...tensors}`` with `torch.save`.
+
+    Loads with ``weights_only=True`` (no code runs from the file) and returns
+    ``(payload, meta)``. A missing file, a foreign format or anything unreadable raises
+    ``error`` naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"no {what} at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        meta = json.loads(payload["meta"])
+    except Exception as exc:  # unpickling, zip, JSON and key errors all mean a bad file
+        raise error(f"{path} is not a readable {what}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise error(f"{path}: unknown format {found!r} (expected {fmt!r})")
+    return payload, meta

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from symaudit._io import atomic_torch_save
+from symaudit._io import atomic_torch_save, load_result_payload
 from symaudit.diagnostics.metric import Transitions, check_transitions, model_checksum
 from symaudit.fields import FieldLayout, LayoutError
 from symaudit.groups import Group
@@ -102,14 +102,10 @@ class EquivarianceResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> EquivarianceResult:
         """Read a file written by `save` (plain tensors and JSON: ``weights_only`` loading)."""
-        path = Path(path)
-        if not path.is_file():
-            raise EquivarianceFileError(f"no equivariance result at {path}")
+        payload, meta = load_result_payload(
+            path, _FORMAT, EquivarianceFileError, "equivariance result"
+        )
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(payload["meta"])
-            if meta.get("format") != _FORMAT:
-                raise EquivarianceFileError(f"{path}: unknown format {meta.get('format')!r}")
             res = cls(
                 elements=[str(n) for n in meta["elements"]],
                 error=payload["error"],
@@ -117,9 +113,7 @@ class EquivarianceResult:
                 group=dict(meta["group"]),
                 settings=dict(meta["settings"]),
             )
-        except EquivarianceFileError:
-            raise
-        except Exception as exc:  # unpickling, zip, JSON and key errors all mean a bad file
+        except Exception as exc:  # missing keys or wrong types mean a bad file
             raise EquivarianceFileError(
                 f"{path} is not a readable equivariance result: {exc}"
             ) from exc

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from symaudit._io import atomic_torch_save
+from symaudit._io import atomic_torch_save, load_result_payload
 from symaudit.diagnostics._gradients import per_sample_gradients
 from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, cg
 from symaudit.diagnostics.metric import (
@@ -141,14 +141,8 @@ class InfluenceResult:
     @classmethod
     def load(cls, path: str | os.PathLike) -> InfluenceResult:
         """Read a file written by `save` (tensors only: ``weights_only`` loading)."""
-        path = Path(path)
-        if not path.is_file():
-            raise InfluenceFileError(f"no influence result at {path}")
+        payload, meta = load_result_payload(path, _FORMAT, InfluenceFileError, "influence result")
         try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-            meta = json.loads(payload["meta"])
-            if meta.get("format") != _FORMAT:
-                raise InfluenceFileError(f"{path}: unknown format {meta.get('format')!r}")
             res = cls(
                 elements=list(meta["elements"]),
                 raw=payload["raw"],
@@ -161,9 +155,7 @@ class InfluenceResult:
                 spectrum=meta["spectrum"],
                 quadratic_form_error=dict(payload["qerr"]),
             )
-        except InfluenceFileError:
-            raise
-        except Exception as exc:  # pickle/zip/json/key errors all mean a bad file
+        except Exception as exc:  # missing keys or wrong types mean a bad file
             raise InfluenceFileError(f"{path} is not a readable influence result: {exc}") from exc
         g, n = len(res.elements), res.norms.numel()
         if res.raw.shape != (g, n, n):

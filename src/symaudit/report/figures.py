@@ -38,6 +38,27 @@ def _colour(study: StudyData, i: int) -> str:
     return COLOURS.get(study.models[i].architecture, _FALLBACK[i % len(_FALLBACK)])
 
 
+def _median_whiskers(ax, study, i: int, shifts, values: np.ndarray) -> None:
+    """Median marker and 10–90 % whisker per shift (values `(|G|, N)`) for model i, offset
+    sideways a little per model so the three models' whiskers do not overlap."""
+    s = np.asarray(shifts if shifts else range(values.shape[0]))
+    med = np.median(values, axis=1)
+    lo, hi = np.quantile(values, [0.1, 0.9], axis=1)
+    step = s[1] - s[0] if len(s) > 1 else 1
+    off = (i - (len(study.models) - 1) / 2) * 0.15 * step
+    ax.errorbar(
+        s + off,
+        med,
+        yerr=[med - lo, hi - med],
+        fmt="o-",
+        ms=4,
+        capsize=2,
+        color=_colour(study, i),
+        label=study.models[i].label,
+        lw=1,
+    )
+
+
 def _save(fig, out: Path, name: str, title: str) -> Figure:
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     fig.savefig(out / f"{name}.svg", bbox_inches="tight")
@@ -186,21 +207,7 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
             g = m.groups.get(kind)
             if g is None:
                 continue
-            s = np.asarray(g.shifts if g.shifts else range(g.error.shape[0]))
-            med = np.median(g.error, axis=1)
-            lo, hi = np.quantile(g.error, [0.1, 0.9], axis=1)
-            off = (i - (len(study.models) - 1) / 2) * 0.15 * (s[1] - s[0] if len(s) > 1 else 1)
-            ax.errorbar(
-                s + off,
-                med,
-                yerr=[med - lo, hi - med],
-                fmt="o-",
-                ms=4,
-                capsize=2,
-                color=_colour(study, i),
-                label=m.label,
-                lw=1,
-            )
+            _median_whiskers(ax, study, i, g.shifts, g.error)
             allv.append(g.error)
         _positive_log(ax, allv)
         ax.set_xlabel(f"{axis_name} shift (grid cells)")
@@ -225,23 +232,7 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
                 g = m.groups.get(kind)
                 if g is None or getattr(g, field_name) is None:
                     continue
-                v = getattr(g, field_name)
-                s = np.asarray(g.shifts if g.shifts else range(v.shape[0]))
-                med = np.median(v, axis=1)
-                lo, hi = np.quantile(v, [0.1, 0.9], axis=1)
-                step = s[1] - s[0] if len(s) > 1 else 1
-                off = (i - (len(study.models) - 1) / 2) * 0.15 * step
-                ax.errorbar(
-                    s + off,
-                    med,
-                    yerr=[med - lo, hi - med],
-                    fmt="o-",
-                    ms=4,
-                    capsize=2,
-                    color=_colour(study, i),
-                    label=m.label,
-                    lw=1,
-                )
+                _median_whiskers(ax, study, i, g.shifts, getattr(g, field_name))
             ax.set_xlabel(f"{axis_name} shift (grid cells)")
             ax.set_ylabel(f"{ylabel} (dimensionless)")
             ax.grid(alpha=0.3)
