@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from symaudit.diagnostics.audit import AUDIT_FORMAT, write_json_atomic
+from symaudit._io import atomic_write_json
+from symaudit.diagnostics.audit import AUDIT_FORMAT
 from symaudit.diagnostics.equivariance import EquivarianceResult
 from symaudit.diagnostics.influence import InfluenceResult
 from symaudit.report import build_report, collect, findings
@@ -78,7 +79,7 @@ def _audit(path: Path, arch: str, seed: int, error: dict, defect: dict, cos: dic
             }
         ]
     preset = {"unet": "unet-tiny", "vit": "vit-tiny", "gcnn": "gcnn-tiny"}[arch]
-    write_json_atomic(
+    atomic_write_json(
         path / "audit.json",
         {
             "format": AUDIT_FORMAT,
@@ -90,7 +91,7 @@ def _audit(path: Path, arch: str, seed: int, error: dict, defect: dict, cos: dic
         },
     )
     e = float(np.mean(error["d4"][0]))
-    write_json_atomic(
+    atomic_write_json(
         path / "test_errors.json", {"all": {"one_step": e, "persistence_one_step": 2 * e}}
     )
     return path

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 import torch
 
+from symaudit._io import atomic_path
 from symaudit.data.stats import RunningRMS
 from symaudit.data.store import create_file
 from symaudit.fields import FieldLayout
@@ -271,8 +272,7 @@ def generate(
                 raise GenerationError(problem)
             partial.unlink()  # a partial run of these very settings is resumed, never discarded
     if not partial.exists():
-        tmp = partial.with_name(partial.name + f".tmp-{os.getpid()}")
-        try:
+        with atomic_path(partial) as tmp:
             create_file(
                 tmp,
                 num_trajectories=settings.trajectories,
@@ -282,10 +282,6 @@ def generate(
                 metadata=_metadata(settings),
                 param_shapes=_param_shapes(settings.kind),
             )
-            os.replace(tmp, partial)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
 
     times = settings.times()
     dtype, device = _DTYPES[settings.dtype], torch.device(settings.device)

@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from symaudit._io import atomic_write_json
 
 __all__ = [
     "DAMPING_SWEEP",
@@ -48,7 +49,6 @@ __all__ = [
     "load_audit",
     "run_audit",
     "settings_digest",
-    "write_json_atomic",
 ]
 
 AUDIT_FORMAT = "symaudit-audit-1"
@@ -64,25 +64,6 @@ class AuditError(RuntimeError):
 def default_rtol(architecture: str) -> float:
     """The paper's CG tolerance: 5e-3 for convolutional models, 5e-2 for the ViT."""
     return _PAPER_RTOL.get(architecture, 5e-3)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write ``data`` as indented JSON to a temporary file beside ``path``, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def settings_digest(data: Any) -> str:
@@ -396,12 +377,12 @@ def run_audit(
                 )
             for p in [*sorted(out.rglob("*.pt")), out / "test_errors.json"]:
                 p.unlink(missing_ok=True)
-    write_json_atomic(meta_path, meta)
+    atomic_write_json(meta_path, meta)
 
     loss = SMSE(info.channel_rms).to(device)
     if not (out / "test_errors.json").exists():
         say("test errors vs persistence")
-        write_json_atomic(out / "test_errors.json", _test_errors(model, loss, test, device))
+        atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
     mbatch = _metric_batch(metric_batch, raw, seed=int(info.config.get("seed", 0)))
 
     pieces: dict[str, list[dict]] = {}
@@ -454,7 +435,7 @@ def run_audit(
             say(f"{tag}: influence done in {time.perf_counter() - t0:.1f} s")
     meta["pieces"] = pieces
     meta["complete"] = True
-    write_json_atomic(meta_path, meta)
+    atomic_write_json(meta_path, meta)
     return out
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symaudit.diagnostics.audit import settings_digest, write_json_atomic
+from symaudit._io import atomic_write_json
+from symaudit.diagnostics.audit import settings_digest
 from symaudit.pipeline.presets import PRESETS, StudyPreset
 
 __all__ = ["ReproduceResult", "Unit", "plan", "reproduce"]
@@ -238,7 +239,7 @@ def reproduce(
         preset = PRESETS[preset]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / "preset.json", {**preset.to_dict(), "device": device})
+    atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
     units = plan(preset, out, device=device)
     result = ReproduceResult(out=out)
     digests: dict[str, str] = {}
@@ -276,7 +277,7 @@ def reproduce(
             t0, c0 = time.perf_counter(), time.process_time()
             unit.work()
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            write_json_atomic(
+            atomic_write_json(
                 mpath,
                 {
                     "unit": unit.name,

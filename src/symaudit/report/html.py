@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from symaudit.diagnostics.audit import write_json_atomic
+from symaudit._io import atomic_write_json, atomic_write_text
 from symaudit.report.figures import COLOURS, make_figures
 from symaudit.report.findings import findings, load_study, readings, summary
 
@@ -63,7 +63,7 @@ def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
     found = findings(study)
     read = readings(study)
     solver = {m.preset: [r for g in m.groups.values() for r in g.solver] for m in study.models}
-    write_json_atomic(
+    atomic_write_json(
         out / "report.json",
         {
             "audits": [str(Path(d)) for d in audit_dirs],
@@ -183,8 +183,4 @@ def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
         "</ul><p>All numbers in this page are in <a href='report.json'>report.json</a>.</p>"
         "</body></html>"
     )
-    path = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text("\n".join(p))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(out / "index.html", "\n".join(p))
