@@ -26,6 +26,8 @@ class StudyPreset:
 
     ``train_trajectories`` / ``test_trajectories`` are per initial-condition family; test
     files are generated with ``seed + test_seed_offset`` so they never overlap training data.
+    ``balance``: the training loss's per-family weight exponent (`symaudit.training.TrainConfig`;
+    0 = plain SMSE as in the paper).
     """
 
     name: str
@@ -44,6 +46,7 @@ class StudyPreset:
     max_iter: int = 500
     rank: int = 128  # Nyström preconditioner rank of the influence solves
     val_fraction: float = 0.1
+    balance: float = 0.0
     data_seed: int = 0
     test_seed_offset: int = 1000
     description: str = ""

@@ -125,6 +125,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                 batch_size=mp.batch_size,
                 lr=mp.lr,
                 val_fraction=preset.val_fraction,
+                balance=preset.balance,
                 device=device,
                 model_overrides=dict(mp.overrides),
             )

@@ -3,7 +3,14 @@ checkpoint loading (`load_checkpoint(path) -> (model, info)`)."""
 
 from symaudit.training.checkpoint import CheckpointError, CheckpointInfo, load_checkpoint
 from symaudit.training.loss import SMSE
-from symaudit.training.trainer import AUGMENTATIONS, TrainConfig, TrainResult, evaluate, train
+from symaudit.training.trainer import (
+    AUGMENTATIONS,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    family_weights,
+    train,
+)
 
 __all__ = [
     "AUGMENTATIONS",
@@ -13,6 +20,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "evaluate",
+    "family_weights",
     "load_checkpoint",
     "train",
 ]

@@ -2,7 +2,14 @@
 
 Per step, for a global batch B of transitions (x_t, x_{t+1}, …, x_{t+k}) and unroll k:
 
-    loss = mean_{b ∈ B} (1/k) Σ_{j=1..k} SMSE(f^j(x_t^b), x_{t+j}^b)
+    loss = mean_{b ∈ B} w_{f(b)} (1/k) Σ_{j=1..k} SMSE(f^j(x_t^b), x_{t+j}^b)
+
+with w_f = 1 (plain SMSE, the paper) unless ``balance`` β > 0: then w_f ∝ P_f^(-β), P_f the
+SMSE of the persistence forecast x_{t+1} = x_t over the training transitions of dataset file
+(initial-condition family) f, normalised to mean 1 over the training samples. SMSE divides by
+the pooled channel RMS, so a family with much larger fields (CE-RPUI: energies ~60× those of
+CE-RP) otherwise owns the loss and the other families' errors barely move the gradient; β = 1
+counts every family's error relative to its own persistence error.
 
 optimised with Adam (L2 weight decay, as in the paper), learning rate lr(step) constant or
 cosine-decayed over all steps. Reproducibility: the data order and the augmentation draws of
@@ -44,7 +51,7 @@ from symaudit.training.checkpoint import (
 )
 from symaudit.training.loss import SMSE
 
-__all__ = ["AUGMENTATIONS", "TrainConfig", "TrainResult", "evaluate", "train"]
+__all__ = ["AUGMENTATIONS", "TrainConfig", "TrainResult", "evaluate", "family_weights", "train"]
 
 AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -63,6 +70,8 @@ class TrainConfig:
     (a random D4 element and/or periodic shift per sample, applied to input and targets);
     ``checkpoint_every``: also checkpoint every N steps within an epoch (0: at epoch ends
     only) — for long epochs; it does not change the result, so a resume may change it.
+    ``balance``: exponent β ≥ 0 of the per-family loss weights w_f ∝ P_f^(-β) (module
+    docstring); 0 is plain SMSE.
     """
 
     model: str = "unet-small"
@@ -81,6 +90,7 @@ class TrainConfig:
     device: str = "cpu"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
+    balance: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str | os.PathLike):
@@ -94,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not (math.isfinite(self.balance) and self.balance >= 0):
+            raise ValueError(f"balance must be a finite number >= 0, got {self.balance!r}")
         parse_snapshots(self.snapshots)  # validates
 
     def to_dict(self) -> dict[str, Any]:
@@ -206,12 +218,38 @@ def _resolve_model_config(config: TrainConfig, data: TransitionData) -> dict[str
     return cfg
 
 
+def family_weights(data: TransitionData, loss: SMSE, balance: float) -> dict[str, float]:
+    """Per-file loss weights w_f ∝ P_f^(-balance), mean 1 over training samples (see module
+    docstring); P_f = mean persistence SMSE over file f's training transitions."""
+    counts = [len(train_ids) for train_ids, _ in data.split.values()]
+    if balance == 0:
+        return dict.fromkeys(data.split, 1.0)
+    persistence, start = [], 0
+    with torch.no_grad():
+        for path, n in zip(data.split, counts, strict=True):
+            traj = data.train[start : start + n]
+            start += n
+            p = sum(float(loss.per_sample(t[:-1], t[1:]).double().sum()) for t in traj)
+            p /= max(1, n * (traj.shape[1] - 1))
+            if not (p > 0 and math.isfinite(p)):
+                raise ValueError(
+                    f"{path}: persistence error {p} of its training transitions is not positive "
+                    "and finite, cannot balance the loss by it (use balance=0)"
+                )
+            persistence.append(p)
+    raw = [p**-balance for p in persistence]
+    mean = sum(w * n for w, n in zip(raw, counts, strict=True)) / sum(counts)
+    return {path: w / mean for path, w in zip(data.split, raw, strict=True)}
+
+
 def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
     ours = config.to_dict()
+    # settings added after a checkpoint was written count as their defaults
+    defaults = TrainConfig().to_dict()
     diff = sorted(
         k
         for k in set(saved) | set(ours)
-        if k not in _RESUMABLE_DIFFERENCES and saved.get(k) != ours.get(k)
+        if k not in _RESUMABLE_DIFFERENCES and saved.get(k, defaults.get(k)) != ours.get(k)
     )
     if diff:
         details = ", ".join(
@@ -265,6 +303,13 @@ def train(
     steps_per_epoch = n // config.batch_size
     total_steps = steps_per_epoch * config.epochs
     loss_fn = SMSE(data.channel_rms).to(device)
+    weights = family_weights(data, SMSE(data.channel_rms), config.balance)
+    counts = [len(train_ids) for train_ids, _ in data.split.values()]
+    # weight of every training trajectory (trajectories are concatenated file by file)
+    traj_weight = torch.repeat_interleave(
+        torch.tensor(list(weights.values()), dtype=dtype), torch.tensor(counts)
+    )
+    per_traj = data.train.shape[1] - config.unroll
     elements = list(Dihedral4(data.layout)) if "d4" in config.augment else []
 
     ckpt_path = out / CHECKPOINT_NAME
@@ -323,6 +368,7 @@ def train(
                 "channel_rms": data.channel_rms,
                 "history": history,
                 "split": data.split,
+                "family_weights": weights,
             },
         )
 
@@ -363,8 +409,9 @@ def train(
                 for j in range(config.unroll):
                     state = ddp(state)
                     per_sample = per_sample + loss_fn.per_sample(state, y[:, j])
+                w = traj_weight[idx // per_traj].to(device)
                 # scaled so that DDP's mean over ranks is the mean over the global batch
-                loss = (per_sample / config.unroll).sum() * (world / config.batch_size)
+                loss = (w * per_sample / config.unroll).sum() * (world / config.batch_size)
                 for group in optimizer.param_groups:
                     group["lr"] = _lr(config, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)
