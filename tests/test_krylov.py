@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 
-from symaudit.diagnostics.krylov import ConvergenceWarning, NystromPreconditioner, cg
+from symaudit.diagnostics.krylov import ConvergenceWarning, NystromPreconditioner, block_cg, cg
 
 
 def _spd(n: int, decay: float, mu: float, seed: int = 0, rank: int | None = None):
@@ -134,3 +134,77 @@ def test_no_warning_when_converged():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cg(lambda V: A @ V, torch.ones(50, 2, dtype=torch.float64), rtol=1e-6)
+
+
+def test_block_cg_reaches_every_columns_true_residual_and_matches_dense():
+    _, A, _ = _spd(300, 0.97, 1e-4, seed=9)
+    B = torch.randn(300, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    B[:, 3] *= 1e5
+    X, rep = block_cg(lambda V: A @ V, B, rtol=1e-6, max_iter=1000)
+    true = _true_rel_res(A, X, B)
+    assert rep.all_converged and (true <= 1e-6).all()
+    assert torch.allclose(torch.tensor(rep.residuals, dtype=torch.float64), true, rtol=1e-6)
+    Xs = torch.linalg.solve(A, B)
+    assert ((X - Xs).norm(dim=0) <= (A @ X - B).norm(dim=0) / 1e-4 * 1.001).all()
+    assert sum(rep.column_products) == pytest.approx(rep.products)
+
+
+def test_block_cg_shares_the_krylov_space():
+    """Right-hand sides sharing the dominant directions (like loss gradients): block CG needs
+    far fewer iterations, and fewer products, than independent columns."""
+    eta, A, lam = _spd(400, 0.95, 1e-5, seed=11)
+    Q = torch.linalg.eigh(eta).eigenvectors.flip(1)
+    g = torch.Generator().manual_seed(12)
+    B = Q @ (torch.randn(400, 16, generator=g, dtype=torch.float64) * lam.sqrt().unsqueeze(1))
+    _, plain = cg(lambda V: A @ V, B, rtol=5e-3, max_iter=2000)
+    X, blk = block_cg(lambda V: A @ V, B, rtol=5e-3, max_iter=2000)
+    assert blk.all_converged and (_true_rel_res(A, X, B) <= 5e-3).all()
+    assert max(blk.iterations) * 2 <= min(plain.iterations)
+    assert blk.products * 1.5 <= plain.products
+    pc = NystromPreconditioner(lambda V: eta @ V, 400, 32, 1e-5, seed=2)
+    Xp, pre = block_cg(lambda V: A @ V, B, rtol=5e-3, max_iter=2000, preconditioner=pc)
+    assert pre.all_converged and (_true_rel_res(A, Xp, B) <= 5e-3).all()
+    assert max(pre.iterations) < max(blk.iterations)
+
+
+def test_block_cg_dependent_and_zero_columns():
+    """Equal and zero right-hand sides make the block rank-deficient: no breakdown."""
+    _, A, _ = _spd(100, 0.9, 1e-3, seed=13)
+    b = torch.randn(100, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(14))
+    B = torch.cat([b, b, 2 * b[:, :1], torch.zeros(100, 1, dtype=torch.float64)], 1)
+    X, rep = block_cg(lambda V: A @ V, B, rtol=1e-8, max_iter=500)
+    assert rep.all_converged and (X[:, 5] == 0).all()
+    assert torch.allclose(X[:, 0], X[:, 2]) and torch.allclose(2 * X[:, 0], X[:, 4])
+    assert (_true_rel_res(A, X[:, :5], B[:, :5]) <= 1e-8).all()
+
+
+def test_block_cg_non_convergence_is_loud_and_recorded():
+    _, A, _ = _spd(200, 0.97, 1e-4)
+    B = torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(ConvergenceWarning, match="block CG did not converge for 3 of 3"):
+        X, rep = block_cg(lambda V: A @ V, B, rtol=1e-9, max_iter=2)
+    assert rep.converged == [False] * 3 and rep.iterations == [2, 2, 2]
+    assert torch.allclose(
+        torch.tensor(rep.residuals, dtype=torch.float64), _true_rel_res(A, X, B), rtol=1e-8
+    )
+    with pytest.raises(ValueError, match="positive definite"):
+        block_cg(lambda V: -(A @ V), torch.randn(200, 2, dtype=torch.float64))
+
+
+def test_nystrom_extend_equals_one_larger_sketch():
+    """The sketch depends only on span(Omega): extending 16 -> 40 columns gives the rank-40
+    sketch drawn from the same seed, at the cost of the 24 new products only."""
+    eta, _, _ = _spd(200, 0.9, 0.0, seed=15)
+    calls = []
+
+    def op(V):
+        calls.append(V.shape[1])
+        return eta @ V
+
+    grown = NystromPreconditioner(op, 200, 16, 1e-3, seed=3)
+    grown.extend(24)
+    once = NystromPreconditioner(lambda V: eta @ V, 200, 40, 1e-3, seed=3)
+    assert calls == [16, 24] and grown.products == 40
+    assert torch.allclose(grown.eigenvalues, once.eigenvalues, rtol=1e-9, atol=1e-14)
+    Pg, Po = grown(torch.eye(200, dtype=torch.float64)), once(torch.eye(200, dtype=torch.float64))
+    assert torch.allclose(Pg, Po, atol=1e-8)

@@ -9,6 +9,9 @@ when the recursive residual says so, the true residual is recomputed before the 
 declared converged (and the recurrence restarted from it if it had drifted); at the end every
 column's true residual is reported. Columns that do not converge within ``max_iter`` raise a
 `ConvergenceWarning` and are flagged in the report -- never silent.
+``block_cg`` solves the same systems by block CG: all columns share one Krylov space (each
+iteration adds one search direction per active column), which cuts iterations when the right-hand
+sides share the dominant eigen-directions, as loss gradients do; same stopping test and report.
 Note: unlike GPyTorch (default tolerance 1 on the *mean* column residual) or pyDVL (stops at
 ||r|| < rtol^2 ||b||), rtol here is exactly the relative residual of each column.
 """
@@ -26,6 +29,7 @@ __all__ = [
     "ConvergenceWarning",
     "NystromPreconditioner",
     "SolveReport",
+    "block_cg",
     "cg",
 ]
 
@@ -46,7 +50,8 @@ class SolveReport:
     iterations: list[int]
     converged: list[bool]
     products: int  # column products with A, including residual checks
-    column_products: list[int] = field(default_factory=list)  # the same, per column
+    # the same, per column (block CG shares each block product equally among active columns)
+    column_products: list[float] = field(default_factory=list)
     restarts: int = 0  # columns restarted because the recursive residual had drifted
     seconds: float = 0.0
     history: list[float] = field(default_factory=list)  # max active relative residual per iter
@@ -68,7 +73,7 @@ class SolveReport:
             residuals=[self.residuals[i] for i in columns],
             iterations=[self.iterations[i] for i in columns],
             converged=[self.converged[i] for i in columns],
-            products=sum(cp),
+            products=round(sum(cp)),
             column_products=cp,
             restarts=self.restarts,
             seconds=self.seconds,
@@ -102,13 +107,18 @@ class NystromPreconditioner:
 
         P^{-1} = (lam_l + mu) U diag(1 / (lam + mu)) U^T + (I - U U^T).
 
-    Built from one block product eta Omega with an orthonormal Gaussian test matrix Omega,
-    stabilised by a shift nu = eps * sqrt(P) * ||Y||_F before the Cholesky factorisation.
+    Built from block products Y = eta Omega with a Gaussian test matrix Omega `(P, l)`. The
+    approximation Y (Omega^T Y)^+ Y^T depends only on span(Omega), so Omega is not
+    orthonormalised (no P x l QR) and the sketch can be ``extend``-ed by more columns at the
+    cost of those columns' products alone. Stabilised by a shift nu = eps * sqrt(P) * ||Y||_F
+    (a Nyström sketch of eta + nu I, then nu subtracted); all l x l algebra is float64, and the
+    P x l Gram matrices are accumulated in float64 over row chunks (memory: Omega, Y, U in the
+    sketch dtype).
 
     Args:
         eta: the PSD part, applied to `(P, l)` blocks (the damping is *not* included).
-        num_params: P.  rank: l.  mu: the damping lambda (can be changed later; the sketch of
-        eta does not depend on it).  dtype/device: of the sketch.  seed: of Omega.
+        num_params: P.  rank: initial l.  mu: the damping lambda (can be changed later; the
+        sketch of eta does not depend on it).  dtype/device: of the sketch.  seed: of Omega.
     """
 
     def __init__(
@@ -124,39 +134,100 @@ class NystromPreconditioner:
     ) -> None:
         if not 0 < rank <= num_params:
             raise ValueError(f"rank must be in 1..{num_params}, got {rank}")
+        self._eta = eta
+        self._dtype = dtype
+        self._device = device
+        self._gen = torch.Generator(device="cpu").manual_seed(seed)
+        self.num_params = num_params
+        self.mu = float(mu)
+        self.products = 0
+        self.seconds = 0.0
+        self._omega = torch.empty(num_params, 0, dtype=dtype, device=device)
+        self._Y = torch.empty_like(self._omega)
+        self.extend(rank)
+
+    def extend(self, extra: int) -> None:
+        """Add ``extra`` test vectors (``extra`` more products with eta) and refactor."""
+        if not 0 < extra <= self.num_params - self.sketch_size:
+            raise ValueError(
+                f"can add 1..{self.num_params - self.sketch_size} columns, got {extra}"
+            )
         t0 = time.perf_counter()
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        omega = torch.randn(num_params, rank, generator=g, dtype=torch.float64)
-        omega = torch.linalg.qr(omega).Q.to(device=device, dtype=dtype)
-        Y = eta(omega).to(torch.float64)
-        omega = omega.to(torch.float64)
-        # float64 factorisation with a tiny shift: Omega^T Y is PSD but may be singular
-        nu = torch.finfo(dtype).eps * num_params**0.5 * float(Y.norm())
-        Y = Y + nu * omega
-        M = omega.T @ Y
+        # drawn column by column, so extending by a then b columns equals drawing a + b at once
+        om = torch.randn(extra, self.num_params, generator=self._gen, dtype=torch.float64).T
+        om = (om / self.num_params**0.5).to(device=self._device, dtype=self._dtype)
+        Y = self._eta(om).to(self._dtype)
+        self.products += extra
+        self._omega = torch.cat([self._omega, om], 1)
+        self._Y = torch.cat([self._Y, Y], 1)
+        self._factor()
+        self.seconds += time.perf_counter() - t0
+
+    @property
+    def sketch_size(self) -> int:
+        return self._omega.shape[1]
+
+    def release(self) -> None:
+        """Drop the test matrix and the raw sketch (keeps U and the eigenvalues)."""
+        self._omega = self._Y = None
+
+    def _factor(self, chunk: int = 1 << 18) -> None:
+        om, Y = self._omega, self._Y
+        l = om.shape[1]
+        eps = torch.finfo(self._dtype).eps
+        nu = eps * self.num_params**0.5 * float(Y.double().norm())
+        nu = max(nu, torch.finfo(torch.float64).tiny)
+
+        # (eta + nu I) Omega = Yn = Y + nu Omega;  M = Omega^T Yn = C C^T;  B = Yn C^{-T}
+        # (triangular solves per row chunk: backward stable, unlike an explicit C^{-1});
+        # B^T B = V S^2 V^T;  U = B V / S.  Rows of B are independent, so chunks bound memory.
+        def rows(i: int) -> torch.Tensor:
+            return Y[i : i + chunk].double() + nu * om[i : i + chunk].double()
+
+        M = torch.zeros(l, l, dtype=torch.float64, device=om.device)
+        for i in range(0, self.num_params, chunk):
+            M += om[i : i + chunk].double().T @ rows(i)
         M = 0.5 * (M + M.T)
         C, info = torch.linalg.cholesky_ex(M)
-        if int(info) != 0:  # fall back to an eigendecomposition with clipped eigenvalues
+        if int(info) == 0:
+
+            def bmat(i: int) -> torch.Tensor:
+                return torch.linalg.solve_triangular(C, rows(i).T, upper=False).T
+
+        else:  # singular Omega^T Yn: pseudo-inverse square root via an eigendecomposition
             w, Q = torch.linalg.eigh(M)
-            w = w.clamp_min(nu)
-            B = Y @ Q / w.sqrt()
-        else:
-            B = torch.linalg.solve_triangular(C, Y.T, upper=False).T  # Y C^{-T}
-        U, S, _ = torch.linalg.svd(B, full_matrices=False)
-        self.eigenvalues = (S.square() - nu).clamp_min(0.0)  # descending
-        self.U = U.to(dtype)
-        self.rank = rank
-        self.mu = float(mu)
-        self.products = rank
-        self.seconds = time.perf_counter() - t0
+            keep = w > w.max() * l * torch.finfo(torch.float64).eps
+            Ri = Q[:, keep] / w[keep].sqrt()
+
+            def bmat(i: int) -> torch.Tensor:
+                return rows(i) @ Ri
+
+        G = sum(bc.T @ bc for bc in map(bmat, range(0, self.num_params, chunk)))
+        S2, V = torch.linalg.eigh(0.5 * (G + G.T))
+        S2, V = S2.flip(0), V.flip(1)  # descending
+        # Yn has full column rank (S^2 >= ~nu); only a numerically singular sketch loses columns
+        keep = S2 > 1e-3 * nu
+        S2, T = S2[keep], V[:, keep] / S2[keep].sqrt()
+        U = torch.empty(self.num_params, T.shape[1], dtype=self._dtype, device=om.device)
+        for i in range(0, self.num_params, chunk):
+            U[i : i + chunk] = (bmat(i) @ T).to(self._dtype)
+        self.U = U
+        self.eigenvalues = (S2 - nu).clamp_min(0.0)  # descending
+        self.rank = U.shape[1]
 
     @property
     def top_eigenvalue(self) -> float:
         """Largest eigenvalue of the approximation (a lower bound on eta's)."""
         return float(self.eigenvalues[0])
 
+    @property
+    def smallest_eigenvalue(self) -> float:
+        """The l-th eigenvalue of the approximation: the preconditioned spectrum lies roughly
+        in [1, 1 + (that + error) / mu]."""
+        return float(self.eigenvalues[-1])
+
     def __call__(self, R: torch.Tensor) -> torch.Tensor:
-        lam = self.eigenvalues.to(R.dtype)
+        lam = self.eigenvalues.to(device=R.device, dtype=R.dtype)
         scale = (lam[-1] + self.mu) / (lam + self.mu) - 1.0
         UtR = self.U.T @ R
         return R + self.U @ (scale.unsqueeze(-1) * UtR)
@@ -286,12 +357,131 @@ def cg(
         history=history,
     )
     if warn and not report.all_converged:
-        bad = [i for i, c in enumerate(report.converged) if not c]
-        worst = max(report.residuals[i] for i in bad)
-        warnings.warn(
-            f"CG did not converge for {len(bad)} of {k} columns within {max_iter} iterations "
-            f"(rtol {rtol:g}; worst relative residual {worst:.3g}; columns {bad[:10]})",
-            ConvergenceWarning,
-            stacklevel=2,
-        )
+        _warn_unconverged(report, k, "CG")
     return (X[:, 0] if vec else X), report
+
+
+def _orthonormalize(P: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of span(P) by SVQB (Stathopoulos & Wu 2002), twice: eigh of the
+    float64 Gram matrix, dropping numerically dependent directions (rank-revealing, so equal or
+    zero right-hand sides cannot break block CG)."""
+    for _ in range(2):
+        G = (P.T @ P).double()
+        w, V = torch.linalg.eigh(0.5 * (G + G.T))
+        keep = w > w.max().clamp_min(0) * P.shape[1] * torch.finfo(P.dtype).eps
+        P = P @ (V[:, keep] / w[keep].sqrt()).to(P.dtype)
+    return P
+
+
+def block_cg(
+    A: Operator,
+    B: torch.Tensor,
+    *,
+    rtol: float = 5e-3,
+    max_iter: int = 500,
+    preconditioner: Operator | None = None,
+    warn: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, SolveReport]:
+    """Solve A X = B by preconditioned block CG with variable block size.
+
+    Every iteration makes one product per search direction (at most one per active column)
+    and updates each active column with the Galerkin step over the whole block
+    (alpha = (P^T A P)^{-1} P^T R, O'Leary 1980); directions are re-orthonormalised each step
+    (breakdown-free: dependent directions are dropped). A column leaves the block once its
+    *true* residual ||A x - b|| <= rtol ||b|| is verified (one product), exactly as in `cg`;
+    its solution is then frozen. Arguments and the returned `SolveReport` are those of `cg`
+    (``column_products`` shares each block product equally among the active columns).
+    """
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    vec = B.ndim == 1
+    B = B.reshape(B.shape[0], -1)
+    if not torch.isfinite(B).all():
+        raise ValueError("right-hand sides contain NaN/inf")
+    t0 = time.perf_counter()
+    P, k = B.shape
+    M = preconditioner if preconditioner is not None else (lambda R: R)
+    bnorm = _colnorm(B)
+    tol = rtol * bnorm
+    products = 0
+    colprod = torch.zeros(k, dtype=torch.float64)
+    X = torch.zeros_like(B)
+    R = B.clone()
+    iters = torch.zeros(k, dtype=torch.long, device=B.device)
+    converged = _colnorm(R) <= tol
+    restarts = 0
+    history: list[float] = []
+    active = (~converged).nonzero().flatten()
+    D = _orthonormalize(M(R[:, active])) if len(active) else None
+    it = 0
+    while len(active) and it < max_iter:
+        it += 1
+        AD = A(D)
+        products += D.shape[1]
+        colprod[active.cpu()] += D.shape[1] / len(active)
+        DAD = (D.T @ AD).double()
+        L, info = torch.linalg.cholesky_ex(0.5 * (DAD + DAD.T))
+        if int(info) != 0:
+            raise ValueError("operator is not positive definite (P^T A P not SPD in block CG)")
+        alpha = torch.cholesky_solve((D.T @ R[:, active]).double(), L).to(B.dtype)
+        X[:, active] += D @ alpha
+        R[:, active] -= AD @ alpha
+        iters[active] += 1
+        rn = _colnorm(R[:, active])
+        rel = rn / bnorm[active]
+        history.append(float(rel.max()))
+        if callback is not None:
+            callback(it, rel)
+        cand = active[rn <= tol[active]]
+        if len(cand):
+            Rt = B[:, cand] - A(X[:, cand])
+            products += len(cand)
+            colprod[cand.cpu()] += 1
+            ok = _colnorm(Rt) <= tol[cand]
+            converged[cand[ok]] = True
+            restarts += int((~ok).sum())  # drifted: carry on from the true residual
+            R[:, cand] = Rt
+        active = active[~converged[active]]
+        if not len(active):
+            break
+        Z = M(R[:, active])
+        beta = torch.cholesky_solve((AD.T @ Z).double(), L).to(B.dtype)
+        D = _orthonormalize(Z - D @ beta)
+    todo = (~converged).nonzero().flatten()
+    if len(todo):
+        Rt = B[:, todo] - A(X[:, todo])
+        products += len(todo)
+        colprod[todo.cpu()] += 1
+        R[:, todo] = Rt
+        converged[todo] = _colnorm(Rt) <= tol[todo]
+    res = (_colnorm(R) / bnorm.clamp_min(torch.finfo(B.dtype).tiny)).where(bnorm > 0, 0.0)
+    report = SolveReport(
+        rtol=rtol,
+        max_iter=max_iter,
+        residuals=res.tolist(),
+        iterations=iters.tolist(),
+        converged=converged.tolist(),
+        products=products,
+        column_products=colprod.tolist(),
+        restarts=restarts,
+        seconds=time.perf_counter() - t0,
+        history=history,
+    )
+    if warn and not report.all_converged:
+        _warn_unconverged(report, k, "block CG")
+    return (X[:, 0] if vec else X), report
+
+
+def _warn_unconverged(report: SolveReport, k: int, what: str) -> None:
+    bad = [i for i, c in enumerate(report.converged) if not c]
+    worst = max(report.residuals[i] for i in bad)
+    warnings.warn(
+        f"{what} did not converge for {len(bad)} of {k} columns within {report.max_iter} "
+        f"iterations (rtol {report.rtol:g}; worst relative residual {worst:.3g}; "
+        f"columns {bad[:10]})",
+        ConvergenceWarning,
+        stacklevel=3,
+    )
