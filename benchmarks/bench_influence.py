@@ -1,20 +1,26 @@
 """Influence engine vs the paper-style baseline and curvlinops (issue 5).
 
-    .venv/bin/python benchmarks/bench_influence.py [--resolution 32] [--n 16] [--quick]
+    .venv/bin/python benchmarks/bench_influence.py [--checkpoint CKPT] [--resolution 64] [--n 16]
 
 Measures, on one model, test batch and damping, side by side:
   (a) paper-style baseline: one unpreconditioned CG solve per (state, group element), one
       right-hand side at a time (same matrix-free operator as symaudit, so the difference is
-      the algorithm); a subset of the N|G| solves is timed and extrapolated linearly;
+      the algorithm); a subset of the N|G| solves, spread over the group elements, is timed and
+      extrapolated linearly;
   (b) curvlinops 3.0.1: GGNLinearOperator + lambda I, CGInverseLinearOperator with
       tolerance=rtol (GPyTorch: mean over columns of the recursive residual) on the N test
       gradients (a subset of columns is timed and extrapolated linearly); each column's true
       residual is then checked;
   (c) symaudit `influence(..., cosine=False)` (raw and Frobenius matrices), and the extra cost
-      of the cosine normalisation (a subset of elements timed, extrapolated linearly);
+      of the cosine normalisation;
   (d) the floor: the N (1 + |G|) per-sample gradients alone.
-Costs are also counted in column products with chi (machine-independent). The model is
-untrained (random initialisation): say so when quoting the numbers.
+Costs are also counted in column products with chi (machine-independent).
+
+The model: ``--checkpoint`` (default: ``demo/runs/unet-small-s0/checkpoint.pt`` from
+``make demo`` when it exists), its test states read from the HDF5 files it was trained on
+(``--data`` to override); without a checkpoint, an untrained model on states from the
+project's Euler solver (say so when quoting the numbers: an untrained metric's spectrum, and
+so its iteration counts, differ from a trained one's).
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from symaudit.diagnostics.influence import influence
 from symaudit.diagnostics.krylov import cg
 from symaudit.diagnostics.metric import MetricOperator, _eval_math_attention
 
+DEFAULT_CHECKPOINT = "demo/runs/unet-small-s0/checkpoint.pt"
+
 
 def transitions(n: int, res: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_t, x_t1) from the project's own Euler solver (Riemann-problem ICs)."""
@@ -43,6 +51,43 @@ def transitions(n: int, res: int, seed: int = 0) -> tuple[torch.Tensor, torch.Te
     ic = sample("ce-rp", n, res, seed=seed)
     traj = evolve(ic.state, [0.0, 0.05])
     return traj[:, 0].float().contiguous(), traj[:, 1].float().contiguous()
+
+
+def file_transitions(files: list[str], n: int, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """n transitions (snapshot step -> step + 1), trajectories taken round-robin over files."""
+    from symaudit.data.store import open_dataset
+
+    per = [n // len(files) + (i < n % len(files)) for i in range(len(files))]
+    xs, ys = [], []
+    for path, k in zip(files, per, strict=True):
+        with open_dataset(path) as ds:
+            if ds.num_trajectories < k:
+                raise SystemExit(f"{path} has {ds.num_trajectories} trajectories, need {k}")
+            tr = ds.read(list(range(k)), [step, step + 1])
+        xs.append(tr[:, 0])
+        ys.append(tr[:, 1])
+    return torch.cat(xs).contiguous(), torch.cat(ys).contiguous()
+
+
+def load_model(args):
+    """(model, channel_rms or None, data files, description) from --checkpoint / --model."""
+    import glob
+
+    from symaudit.training import load_checkpoint
+
+    ckpt = args.checkpoint
+    if ckpt is None and not args.untrained and os.path.exists(DEFAULT_CHECKPOINT):
+        ckpt = DEFAULT_CHECKPOINT
+    if ckpt is None:
+        print("no checkpoint: an UNTRAINED model (run `make demo` first for a trained one)")
+        torch.manual_seed(0)
+        model = models.build(args.model, **({"width": args.width} if args.width else {}))
+        return model, None, [], f"{args.model} (untrained)"
+    model, info = load_checkpoint(ckpt)
+    files = (
+        sorted(glob.glob(args.data)) if args.data else [p for p in info.split if os.path.exists(p)]
+    )
+    return model, info.channel_rms, files, f"{ckpt} (epoch {info.epoch})"
 
 
 def timed(fn):
@@ -122,48 +167,61 @@ def run_curvlinops(model, loss, test, metric, lam, rtol, max_iter, B, op):
     return {"seconds": sec, "products": counter["n"], "true_residuals": true}
 
 
+def parse_rank(v: str) -> int | str:
+    return v if v == "auto" else int(v)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="unet-small")
-    ap.add_argument("--resolution", type=int, default=32)
+    ap.add_argument("--checkpoint", default=None, help=f"default {DEFAULT_CHECKPOINT} if present")
+    ap.add_argument("--untrained", action="store_true", help="ignore the default checkpoint")
+    ap.add_argument("--data", default=None, help="glob of .h5 files with the test states")
+    ap.add_argument("--model", default="unet-small", help="preset when untrained")
+    ap.add_argument("--width", type=int, default=None, help="override the UNet width (untrained)")
+    ap.add_argument("--resolution", type=int, default=64, help="grid when untrained")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--rtol", type=float, default=5e-3)
-    ap.add_argument("--rank", type=int, default=128)
-    ap.add_argument("--baseline-pairs", type=int, default=2)
+    ap.add_argument("--rank", type=parse_rank, default="auto")
+    ap.add_argument("--solver", default="block", choices=["block", "cg"])
+    ap.add_argument("--baseline-pairs", type=int, default=3)
     ap.add_argument("--curvlinops-columns", type=int, default=2)
-    ap.add_argument("--cosine-elements", type=int, default=1)
-    ap.add_argument("--ranks", default="", help="e.g. 0,32,64,128,256: preconditioner study")
-    ap.add_argument("--rank-columns", type=int, default=4, help="test columns in the study")
-    ap.add_argument("--skip", default="", help="comma list of a,b,c,d,cos,shifts to skip")
-    ap.add_argument("--group", default="d4", help="d4 or shifts (all x-shifts of the grid)")
-    ap.add_argument("--width", type=int, default=None, help="override the UNet width")
+    ap.add_argument("--cosine-elements", type=int, default=None, help="default: all")
+    ap.add_argument("--ranks", default="", help="e.g. 0,32,64,128: preconditioner study")
+    ap.add_argument("--rank-columns", type=int, default=16, help="test columns in the study")
+    ap.add_argument("--skip", default="", help="comma list of a,b,cos,d to skip")
+    ap.add_argument("--group", default="d4", help="d4, or shifts (32 x-shifts over the grid)")
     ap.add_argument("--out", default="benchmarks/results_influence.json")
     args = ap.parse_args()
+    if args.untrained:
+        args.checkpoint = None
     skip = set(args.skip.split(","))
-    torch.manual_seed(0)
     layout = FieldLayout.euler()
-    model = models.build(args.model, **({"width": args.width} if args.width else {}))
+    model, rms, files, desc = load_model(args)
     P = sum(p.numel() for p in model.parameters())
-    test = transitions(args.n, args.resolution)
-    loss = SMSE(channel_rms(test[0], layout))
+    test = file_transitions(files, args.n) if files else transitions(args.n, args.resolution)
+    loss = SMSE(rms if rms is not None else channel_rms(test[0], layout))
+    res_hw = test[0].shape[-1]
     if args.group == "d4":
-        d4 = groups.Dihedral4(layout)
+        group = groups.Dihedral4(layout)
     else:
-        d4 = groups.Translations(layout, axis="x", shifts=range(args.resolution))
-    elems = list(d4)
+        group = groups.Translations(layout, axis="x", shifts=range(0, res_hw, max(1, res_hw // 32)))
+    elems = list(group)
     out: dict = {
-        "model": args.model,
-        "trained": False,
+        "model": desc,
+        "trained": "untrained" not in desc,
         "params": P,
-        "resolution": args.resolution,
+        "states": files or "Euler solver, ce-rp, t = 0 -> 0.05",
+        "resolution": res_hw,
         "N": args.n,
         "group": args.group,
         "group_size": len(elems),
         "rtol": args.rtol,
+        "rank": args.rank,
+        "solver": args.solver,
         "threads": torch.get_num_threads(),
         "load_average_start": os.getloadavg(),
     }
-    print(f"{args.model}: P={P}, {args.resolution}^2, N={args.n}, threads={out['threads']}")
+    print(f"{desc}: P={P}, {res_hw}^2, N={args.n}, |G|={len(elems)}, threads={out['threads']}")
 
     # warm-up: the first torch.func calls pay one-off dispatch costs; keep them out of (a)-(d)
     warm = MetricOperator(model, loss, (test[0][:1], test[1][:1]), damping=1.0)
@@ -171,24 +229,24 @@ def main() -> None:
     grads_fn(warm, loss, model)(test[0][:2], test[1][:2])
 
     # (c) symaudit, raw + Frobenius only
-    res, t_c = timed(
-        lambda: influence(model, loss, test, d4, rtol=args.rtol, rank=args.rank, cosine=False)
-    )
+    kw = dict(rtol=args.rtol, rank=args.rank, solver=args.solver)
+    res, t_c = timed(lambda: influence(model, loss, test, group, cosine=False, **kw))
     lam = res.damping
     rep = res.reports["test"]
-    sketch_products = min(args.rank, P)
+    sketch_products = res.spectrum.get("nystrom_products", 0)
     out["c"] = {
         "seconds": t_c,
         "timings": res.timings,
         "damping": lam,
         "spectrum": res.spectrum,
+        "rank": res.settings["rank"],
         "iterations": rep["iterations"],
         "converged": all(rep["converged"]),
         "max_residual": max(rep["residuals"]),
         "solve_products": rep["products"],
         "sketch_products": sketch_products,
     }
-    print("(c)", json.dumps(out["c"], default=str))
+    print("(c)", json.dumps(out["c"], default=str), flush=True)
     op = MetricOperator(model, loss, test, damping=lam)
     B0 = grads_fn(op, loss, model)(*test)
 
@@ -201,40 +259,39 @@ def main() -> None:
 
     _, t_d = timed(floor)
     out["d"] = {"seconds": t_d}
-    print("(d)", t_d)
+    print("(d)", t_d, flush=True)
 
-    # cosine extra cost: one element's transformed states solved, extrapolated to |G| - 1
+    # cosine: a full run with the transformed-state solves (or a subset of elements,
+    # extrapolated linearly -- an over-estimate with block CG, whose columns share a space)
     if "cos" not in skip:
-        sub = [elems[0]] + elems[1 : 1 + args.cosine_elements]
-        rc, t_cos = timed(
-            lambda: influence(model, loss, test, sub, damping=lam, rtol=args.rtol, rank=args.rank)
-        )
+        k = len(elems) - 1 if args.cosine_elements is None else args.cosine_elements
+        sub = elems if k == len(elems) - 1 else elems[: 1 + k]
+        rc, t_cos = timed(lambda: influence(model, loss, test, sub, damping=lam, **kw))
         c_rep = rc.reports["cosine"]
-        # the solve phase of rc also includes the N test columns: subtract their share
-        frac = c_rep["products"] / (c_rep["products"] + rc.reports["test"]["products"])
-        per_el = rc.timings["solve"] * frac / args.cosine_elements
+        scale = (len(elems) - 1) / k
         out["cosine"] = {
-            "elements_timed": args.cosine_elements,
-            "seconds_per_element": per_el,
-            "extrapolated_seconds": per_el * (len(elems) - 1),
-            "products_per_element": c_rep["products"] / args.cosine_elements,
+            "elements_timed": k,
+            "seconds_total": t_cos,
+            "extra_seconds": (t_cos - t_c) * scale if k < len(elems) - 1 else t_cos - t_c,
+            "rank": rc.settings["rank"],
+            "sketch_products": rc.spectrum.get("nystrom_products", 0),
+            "solve_products": rc.reports["test"]["products"] + c_rep["products"],
             "iterations": c_rep["iterations"],
-            "converged": all(c_rep["converged"]),
+            "converged": rc.all_converged,
             "max_quadratic_form_error": float(rc.quadratic_form_error["transformed"].max()),
         }
-        print("(cos)", json.dumps(out["cosine"]))
+        print("(cos)", json.dumps(out["cosine"]), flush=True)
 
-    # (a) baseline on a subset of (state, element) pairs; the identity pairs use the very same
-    # right-hand sides as symaudit's test solve, for a like-for-like products comparison
+    # (a) baseline on a subset of (state, element) pairs spread over the group, extrapolated
     if "a" not in skip:
-        pairs = [(j, 0) for j in range(args.baseline_pairs)]
+        pairs = [(j, j % len(elems)) for j in range(args.baseline_pairs)]
         a = run_baseline(op, loss, model, test, elems, lam, args.rtol, 5000, pairs)
         total_pairs = args.n * len(elems)
-        a["pairs_timed"] = len(pairs)
+        a["pairs_timed"] = pairs
         a["extrapolated_seconds"] = a["seconds"] / len(pairs) * total_pairs
         a["products_per_column"] = a["products"] / len(pairs)
         out["a"] = a
-        print("(a)", json.dumps(a))
+        print("(a)", json.dumps(a), flush=True)
 
     # (b) curvlinops on a subset of the N test columns, extrapolated linearly
     if "b" not in skip:
@@ -244,12 +301,13 @@ def main() -> None:
         b["extrapolated_seconds"] = b["seconds"] / k * args.n
         b["columns_reaching_rtol"] = sum(r <= args.rtol for r in b["true_residuals"])
         out["b"] = b
-        print("(b)", json.dumps(b))
+        print("(b)", json.dumps(b), flush=True)
 
-    # Nyström rank study on the same N test columns and damping: products and seconds
+    # Nyström rank study on the same test columns and damping: products and seconds
     if args.ranks:
-        from symaudit.diagnostics.krylov import NystromPreconditioner
+        from symaudit.diagnostics.krylov import NystromPreconditioner, block_cg
 
+        solve = block_cg if args.solver == "block" else cg
         op.damping = lam
         study = []
         for r in [int(v) for v in args.ranks.split(",")]:
@@ -257,7 +315,7 @@ def main() -> None:
             pc = None
             if r > 0:
                 pc = NystromPreconditioner(op.eta, op.num_params, r, lam, dtype=op.dtype)
-            _, rr = cg(
+            _, rr = solve(
                 op,
                 B0[:, : args.rank_columns],
                 rtol=args.rtol,
@@ -267,6 +325,7 @@ def main() -> None:
             )
             row = {
                 "rank": r,
+                "smallest_eigenvalue_over_lambda": pc.smallest_eigenvalue / lam if pc else None,
                 "solve_products": rr.products,
                 "sketch_products": r,
                 "max_iterations": max(rr.iterations),
@@ -274,7 +333,7 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0,
             }
             study.append(row)
-            print("(rank)", json.dumps(row))
+            print("(rank)", json.dumps(row), flush=True)
         out["rank_study"] = study
 
     c_per_col = (rep["products"] + sketch_products) / args.n
@@ -287,9 +346,9 @@ def main() -> None:
         "products_per_column_plain_cg": out["a"]["products_per_column"] if "a" in out else None,
     }
     if "a" in out:
-        out["summary"]["preconditioned_over_plain"] = (rep["products"] / args.n) / out["a"][
-            "products_per_column"
-        ]
+        plain = out["a"]["products_per_column"]
+        out["summary"]["preconditioned_over_plain"] = (rep["products"] / args.n) / plain
+        out["summary"]["with_sketch_over_plain"] = c_per_col / plain
     out["load_average_end"] = os.getloadavg()
     print(json.dumps(out["summary"], indent=1))
     with open(args.out, "w") as f:

@@ -199,3 +199,47 @@ def test_bad_input_is_rejected_clearly():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a converged run warns about nothing
         influence(model, lossfn, (x, y), list(D4)[:1], damping=1e-2)
+
+
+def _fake_op(lam: torch.Tensor):
+    """An object with MetricOperator's sketching interface around a dense eta = Q diag Q^T."""
+    from types import SimpleNamespace
+
+    n = lam.numel()
+    Q = torch.linalg.qr(
+        torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ).Q
+    eta = (Q * lam) @ Q.T
+    return SimpleNamespace(eta=lambda V: eta @ V, num_params=n, dtype=torch.float64, device=None)
+
+
+def test_auto_rank_grows_only_while_it_pays():
+    """'auto' starts at 32 test vectors and doubles while rank < columns * 1.4 * sqrt(rho):
+    a slowly decaying spectrum with many right-hand sides grows the sketch, a metric of rank
+    below 32 (rho = 0) or a single right-hand side does not; a fixed rank is kept."""
+    from symaudit.diagnostics.influence import _grow_sketch
+
+    slow = _fake_op(1.0 / torch.arange(1, 601, dtype=torch.float64))
+    big = _grow_sketch(slow, "auto", 256, ["auto"], 0)
+    assert big.products > 32 and big.products & (big.products - 1) == 0  # a doubling of 32
+    lam = 1e-3 * big.top_eigenvalue
+    rho = big.smallest_eigenvalue / lam
+    assert big.products >= 256 * 1.4 * rho**0.5 or big.products * 2 > 600  # stopped by rule/cap
+    assert _grow_sketch(slow, "auto", 1, ["auto"], 0).products == 32
+    lowrank = torch.zeros(600, dtype=torch.float64)
+    lowrank[:20] = 1.0
+    assert _grow_sketch(_fake_op(lowrank), "auto", 256, [1e-6], 0).products == 32
+    assert _grow_sketch(slow, 48, 256, ["auto"], 0).products == 48
+    with pytest.raises(ValueError, match="rank"):
+        _grow_sketch(slow, 0, 4, ["auto"], 0)
+
+
+def test_block_and_independent_cg_agree():
+    model, lossfn = make("unet"), loss()
+    test = batch(3, GRID["unet"])
+    blk = influence(model, lossfn, test, list(D4)[:3], damping=1e-2, rtol=1e-4, solver="block")
+    ind = influence(model, lossfn, test, list(D4)[:3], damping=1e-2, rtol=1e-4, solver="cg")
+    assert blk.settings["solver"] == "block" and ind.settings["solver"] == "cg"
+    assert _rel(blk.raw, ind.raw) < 1e-3 and _rel(blk.cosine, ind.cosine) < 1e-3
+    with pytest.raises(ValueError, match="solver"):
+        influence(model, lossfn, test, D4, solver="minres")

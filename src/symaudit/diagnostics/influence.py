@@ -31,7 +31,7 @@ from torch import nn
 
 from symaudit._io import atomic_torch_save, load_result_payload
 from symaudit.diagnostics._gradients import per_sample_gradients
-from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, cg
+from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, block_cg, cg
 from symaudit.diagnostics.metric import (
     MetricOperator,
     Transitions,
@@ -257,8 +257,9 @@ def influence(
         damping: absolute lambda, or "auto" = DEFAULT_RELATIVE_DAMPING * top eigenvalue of
             eta, or "auto:<fraction>" for another fraction of the top eigenvalue.
         rtol: relative residual of every solve, ||chi u - b|| <= rtol ||b||.
-        max_iter (500), preconditioner ("nystrom" or None), rank (Nyström rank, "auto": see
-        `_choose_rank`),
+        max_iter (500), preconditioner ("nystrom" or None), rank (Nyström rank, or "auto":
+        grown adaptively, see `_grow_sketch`), solver ("block": block CG, all right-hand
+        sides of a block share one Krylov space; "cg": independent columns),
         cosine (True), params (module-name prefixes; default all), chunk_size (columns per
         vmap chunk of chi products, 4: measured fastest per column on CPU), grad_chunk_size
         (samples per vmap chunk of per-sample gradients, 8), block_columns (right-hand sides
@@ -286,6 +287,7 @@ def influence_sweep(
     max_iter: int = 500,
     preconditioner: str | None = "nystrom",
     rank: int | str = "auto",
+    solver: str = "block",
     cosine: bool = True,
     params: Sequence[str] | None = None,
     chunk_size: int | None = 4,
@@ -302,6 +304,8 @@ def influence_sweep(
     if preconditioner not in (None, "nystrom", "none"):
         raise ValueError(f"preconditioner must be 'nystrom' or None, got {preconditioner!r}")
     preconditioner = None if preconditioner == "none" else preconditioner
+    if solver not in ("block", "cg"):
+        raise ValueError(f"solver must be 'block' or 'cg', got {solver!r}")
     check_transitions(test_batch, loss.num_channels, what="test batch")
     elems = _elements(group)
     names = [g.name for g in elems]
@@ -343,10 +347,7 @@ def influence_sweep(
     if preconditioner == "nystrom":
         n_id = sum(torch.equal(a, xt) and torch.equal(b, xt1) for a, b in transformed)
         columns = xt.shape[0] * (1 + len(elems) - n_id if cosine else 1)
-        rank = _choose_rank(rank, columns, op.num_params, torch.finfo(dt).bits // 8)
-        sketch = NystromPreconditioner(
-            op.eta, op.num_params, rank, 0.0, dtype=dt, device=dev, seed=seed
-        )
+        sketch = _grow_sketch(op, rank, columns, dampings, seed)
     times["preconditioner"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     need_top = any(isinstance(d, str) for d in dampings)
@@ -361,7 +362,8 @@ def influence_sweep(
     )
     if sketch is not None:
         spectrum["nystrom_top_eigenvalue"] = sketch.top_eigenvalue
-        spectrum["nystrom_smallest_kept_eigenvalue"] = float(sketch.eigenvalues[-1])
+        spectrum["nystrom_smallest_kept_eigenvalue"] = sketch.smallest_eigenvalue
+        spectrum["nystrom_products"] = sketch.products
     times["spectrum"] = time.perf_counter() - t0
 
     results = []
@@ -381,6 +383,7 @@ def influence_sweep(
                     rule,
                     rtol,
                     max_iter,
+                    block_cg if solver == "block" else cg,
                     cosine,
                     block_columns,
                     prog,
@@ -398,6 +401,8 @@ def influence_sweep(
             max_iter=max_iter,
             preconditioner=preconditioner,
             rank=sketch.rank if sketch is not None else None,
+            rank_rule=rank if isinstance(rank, str) else "fixed",
+            solver=solver,
             metric_batch=metric_desc,
             test_batch={
                 "size": int(xt.shape[0]),
@@ -412,18 +417,58 @@ def influence_sweep(
     return results
 
 
-def _choose_rank(rank: int | str, columns: int, num_params: int, itemsize: int) -> int:
-    """Nyström rank. "auto" minimises the measured cost per right-hand side, rank / columns +
-    iterations(rank), with iterations ~ 260 / sqrt(rank) fitted on unet-small (ranks 32-256,
-    docs/influence.md): rank ~ (130 columns)^(2/3), rounded to a power of two in [32, 1024],
-    and capped so the sketch U (P x rank) stays under 2 GiB."""
+#: "auto" rank: start here, then double while worthwhile (`_grow_sketch`).
+_START_RANK = 32
+#: Fitted on trained unet-small at 64^2 (block CG, ranks 32-128, docs/influence.md): block CG
+#: iterations ~ 4.9 + 2.8 sqrt(rho), rho = (smallest kept Nyström eigenvalue) / lambda, and
+#: doubling the rank divides rho by ~4-12, saving ~1.4 sqrt(rho) iterations per column.
+_ITERATIONS_SAVED_PER_SQRT_RHO = 1.4
+
+
+def _grow_sketch(
+    op: MetricOperator, rank: int | str, columns: int, dampings: Sequence, seed: int
+) -> NystromPreconditioner:
+    """The Nyström sketch of eta. A fixed ``rank``, or "auto": start at 32 test vectors and
+    double while the extra products pay for themselves, i.e. while
+
+        rank < columns * 1.4 * sqrt(lambda_l / lambda)
+
+    (lambda_l: smallest kept Nyström eigenvalue; lambda: the smallest damping asked, "auto"
+    ones taken relative to the sketch's top eigenvalue), capped at 1024, at P, and so that the
+    P x rank sketch matrices stay under 2 GiB each."""
+    itemsize = torch.finfo(op.dtype).bits // 8
+    cap = max(1, min(1024, op.num_params, 2**31 // (op.num_params * itemsize)))
     if rank != "auto":
-        if not isinstance(rank, int) or rank < 1:
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
             raise ValueError(f"rank must be a positive integer or 'auto', got {rank!r}")
-        return min(rank, num_params)
-    r = 2 ** round(math.log2((130 * columns) ** (2 / 3)))
-    cap = max(1, 2**31 // (num_params * itemsize))
-    return max(1, min(max(32, min(r, 1024)), cap, num_params))
+        return NystromPreconditioner(
+            op.eta,
+            op.num_params,
+            min(rank, op.num_params),
+            0.0,
+            dtype=op.dtype,
+            device=op.device,
+            seed=seed,
+        )
+    sketch = NystromPreconditioner(
+        op.eta,
+        op.num_params,
+        min(_START_RANK, cap),
+        0.0,
+        dtype=op.dtype,
+        device=op.device,
+        seed=seed,
+    )
+    while 2 * sketch.sketch_size <= cap:
+        lam = min(
+            _resolve_damping(d, {"top_eigenvalue": sketch.top_eigenvalue})[0] for d in dampings
+        )
+        rho = sketch.smallest_eigenvalue / lam
+        if sketch.sketch_size >= columns * _ITERATIONS_SAVED_PER_SQRT_RHO * math.sqrt(rho):
+            break
+        sketch.extend(sketch.sketch_size)
+    sketch.release()
+    return sketch
 
 
 def _top_eigenvalue(op: MetricOperator, sketch: NystromPreconditioner | None, seed: int) -> float:
@@ -477,6 +522,7 @@ def _one_damping(
     rule: str,
     rtol: float,
     max_iter: int,
+    solve,
     cosine: bool,
     block_columns: int,
     prog: _Progress,
@@ -519,7 +565,7 @@ def _one_damping(
         cols = ([B0] if bi == 0 else []) + mats
         t0 = time.perf_counter()
         what = "test + cosine" if bi == 0 and mats else ("test" if bi == 0 else "cosine")
-        X, rep = cg(
+        X, rep = solve(
             op,
             torch.cat(cols, 1),
             rtol=rtol,
