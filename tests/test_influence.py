@@ -243,3 +243,15 @@ def test_block_and_independent_cg_agree():
     assert _rel(blk.raw, ind.raw) < 1e-3 and _rel(blk.cosine, ind.cosine) < 1e-3
     with pytest.raises(ValueError, match="solver"):
         influence(model, lossfn, test, D4, solver="minres")
+
+
+def test_audit_cli_rank_is_a_positive_integer_or_auto(tmp_path):
+    from typer.testing import CliRunner
+
+    from symaudit.cli import app
+
+    for bad in ("0", "-3", "big"):
+        args = ["audit", "--run", str(tmp_path), "--out", str(tmp_path / "a"), "--group", "d4"]
+        res = CliRunner().invoke(app, [*args, "--rank", bad], env={"COLUMNS": "300"})
+        assert res.exit_code == 2 and "positive integer or 'auto'" in res.output
+        assert not (tmp_path / "a").exists()

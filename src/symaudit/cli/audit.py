@@ -56,7 +56,12 @@ def audit(
         str, typer.Option(help="'test' (the test batch) or 'train:N' (N training transitions).")
     ] = "test",
     max_iter: Annotated[int, typer.Option(help="CG iteration limit per solve.")] = 500,
-    rank: Annotated[int, typer.Option(help="Rank of the Nystrom CG preconditioner.")] = 128,
+    rank: Annotated[
+        str,
+        typer.Option(
+            help="Rank of the Nystrom CG preconditioner, or 'auto' (grown while it pays)."
+        ),
+    ] = "auto",
     no_cosine: Annotated[
         bool, typer.Option("--no-cosine", help="Skip the cosine normalisation's extra solves.")
     ] = False,
@@ -88,7 +93,7 @@ def audit(
             test_data=[str(p) for p in test_data] if test_data else None,
             metric_batch=metric_batch,
             max_iter=max_iter,
-            rank=rank,
+            rank=_parse_rank(rank),
             cosine=not no_cosine,
             device=device,
             overwrite=overwrite,
@@ -99,3 +104,11 @@ def audit(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
     typer.echo(f"audit written to {path}")
+
+
+def _parse_rank(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise typer.BadParameter(f"--rank must be a positive integer or 'auto', got {value!r}")
+    return int(value)

@@ -269,7 +269,7 @@ def run_audit(
     test_data: Sequence[str | os.PathLike] | None = None,
     metric_batch: str = "test",
     max_iter: int = 500,
-    rank: int = 128,
+    rank: int | str = "auto",
     cosine: bool = True,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
@@ -293,7 +293,8 @@ def run_audit(
             default: the run's held-out (validation) trajectories.
         metric_batch: "test" (eta from the test batch itself) or "train:N".
         max_iter, rank: CG iteration limit; rank of the Nyström preconditioner (its sketch
-            costs ``rank`` products with eta, so small models/batches want a small rank).
+            costs ``rank`` products with eta), or "auto" (grown while it pays, see
+            `symaudit.diagnostics.influence`).
         device: where the model and solves run.
 
     Returns the audit directory. Influence solves that do not converge warn
@@ -359,6 +360,8 @@ def run_audit(
         "settings_digest": settings_digest([settings, _file_digest(ckpt_path)]),
         "device": str(device),
         "times": test.times.tolist(),
+        # order of the families within every mini-batch (per_family states each)
+        "families": list(test.families),
         "complete": False,
     }
     meta_path = out / "audit.json"
