@@ -74,6 +74,23 @@ def test_report_numbers_equal_audit_files(study):
             assert nums[kind]["median_error"] == pytest.approx(np.median(err, 1), rel=1e-12)
             assert nums[kind]["median_frobenius"] == pytest.approx(np.median(frob, 1), rel=1e-12)
             assert nums[kind]["median_cosine"] == pytest.approx(np.median(cos, 1), rel=1e-12)
+        # Fig. 1's per-family panels: states of batch k are per_family states of each family,
+        # in the order the audit recorded
+        fams = np.array(
+            [
+                f
+                for a in audits
+                for _ in a.equivariance["d4"]
+                for f in a.meta["families"]
+                for _ in range(MICRO.per_family)
+            ]
+        )
+        assert sorted(set(fams)) == sorted(MICRO.families)
+        err = torch.cat([e.error for a in audits for e in a.equivariance["d4"]], 1).numpy()
+        for f in MICRO.families:
+            want_e, want_a = np.median(err[0, fams == f]), np.median(err.mean(0)[fams == f])
+            assert nums["d4"]["family_median_untransformed_error"][f] == pytest.approx(want_e)
+            assert nums["d4"]["family_median_d4_averaged_error"][f] == pytest.approx(want_a)
         one_step = {str(a.seed): a.test_errors["all"]["one_step"] for a in audits}
         assert nums["test_one_step"] == one_step
     # the exactly equivariant control must be judged equivariant (F5), from real numbers

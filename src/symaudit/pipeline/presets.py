@@ -77,6 +77,7 @@ PRESETS: dict[str, StudyPreset] = {
             groups=("d4", "shift-x:4", "shift-y:4"),
             test_batches=1,
             max_iter=200,
+            balance=0.5,
             description="seconds-scale smoke test of every stage (models barely train)",
         ),
         StudyPreset(
@@ -88,8 +89,8 @@ PRESETS: dict[str, StudyPreset] = {
             snapshots=11,
             t_final=0.5,
             models=(
-                ModelPlan("unet-small", epochs=8, batch_size=16, lr=2e-3),
-                ModelPlan("vit-small", epochs=20, batch_size=16, lr=1e-3),
+                ModelPlan("unet-small", epochs=12, batch_size=16, lr=3e-3),
+                ModelPlan("vit-small", epochs=40, batch_size=16, lr=1e-3),
                 ModelPlan(
                     "gcnn-small",
                     epochs=6,
@@ -102,6 +103,9 @@ PRESETS: dict[str, StudyPreset] = {
             groups=("d4", "shift-x:8", "shift-y:8"),
             test_batches=1,
             rank=32,
+            # CE-RPUI's fields are ~60x larger than CE-RP's: with plain SMSE the other two
+            # families barely enter the loss and the models lose to persistence on them
+            balance=0.5,
             description="CPU demo: 3 families at 64², small models, 2 seeds, <= 15 min",
         ),
         StudyPreset(

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from symaudit.report.findings import StudyData  # noqa: E402
+from symaudit.report.findings import ARCH_LABEL, StudyData  # noqa: E402
 
 __all__ = ["COLOURS", "Figure", "make_figures"]
 
@@ -124,35 +124,45 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     figs: list[Figure] = []
     d4_models = [m for m in study.models if "d4" in m.groups]
 
-    # 1: untransformed vs D4-averaged test error
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    data, pos, cols, ticks = [], [], [], []
-    for j, m in enumerate(d4_models):
-        g = m.groups["d4"]
-        data += [g.error[0], g.error.mean(0)]
-        pos += [3 * j, 3 * j + 1]
-        cols += [_colour(study, study.models.index(m))] * 2
-        ticks += [(3 * j + 0.5, m.label)]
-    if data:
-        bp = ax.boxplot(
-            data, positions=pos, widths=0.8, patch_artist=True, medianprops={"color": "black"}
-        )
-        for k, (b, c) in enumerate(zip(bp["boxes"], cols, strict=True)):
-            b.set_facecolor(c)
-            b.set_alpha(0.85 if k % 2 == 0 else 0.35)
-            b.set_hatch("" if k % 2 == 0 else "//")
-        ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
-        from matplotlib.patches import Patch
+    # 1: untransformed vs D4-averaged test error, one panel per initial-condition family
+    # (the families' error scales differ by orders of magnitude: pooled boxes would mix them)
+    fams = sorted({f for m in d4_models for f in m.groups["d4"].families}) or ["all"]
+    fig, axes = plt.subplots(1, len(fams), figsize=(3.6 * len(fams) + 2.4, 4.2), squeeze=False)
+    for ax, fam in zip(axes[0], fams, strict=True):
+        data, pos, cols, ticks = [], [], [], []
+        for j, m in enumerate(d4_models):
+            g = m.groups["d4"]
+            sel = np.asarray(g.families) == fam if g.families else np.ones(g.error.shape[1], bool)
+            data += [g.error[0, sel], g.error.mean(0)[sel]]
+            pos += [3 * j, 3 * j + 1]
+            cols += [_colour(study, study.models.index(m))] * 2
+            ticks += [(3 * j + 0.5, ARCH_LABEL.get(m.architecture, m.preset))]
+        if any(d.size for d in data):
+            bp = ax.boxplot(
+                data, positions=pos, widths=0.8, patch_artist=True, medianprops={"color": "black"}
+            )
+            for k, (b, c) in enumerate(zip(bp["boxes"], cols, strict=True)):
+                b.set_facecolor(c)
+                b.set_alpha(0.85 if k % 2 == 0 else 0.35)
+                b.set_hatch("" if k % 2 == 0 else "//")
+            for d, x in zip(data, pos, strict=True):  # every state, too: boxes of few states
+                ax.plot(np.full(d.size, x), d, "k.", ms=3, alpha=0.6)
+            ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
+            _positive_log(ax, data)
+        ax.set_title(f"{fam.upper()} ({data[0].size if data else 0} states per box)", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("one-step test error, SMSE (dimensionless)")
+    from matplotlib.patches import Patch
 
-        ax.legend(
-            [Patch(facecolor="grey", alpha=0.85), Patch(facecolor="grey", alpha=0.35, hatch="//")],
-            ["untransformed (E_e)", "D4-averaged (mean over g of E_g)"],
-            fontsize=8,
-        )
-        _positive_log(ax, data)
-    ax.set_ylabel("one-step test error, SMSE (dimensionless)")
-    ax.set_title("Test error on untransformed vs D4-averaged inputs (first step)")
-    ax.grid(axis="y", alpha=0.3)
+    handles = [
+        Patch(facecolor=_colour(study, study.models.index(m)), label=m.label) for m in d4_models
+    ]
+    handles += [
+        Patch(facecolor="grey", alpha=0.85, label="untransformed (E_e)"),
+        Patch(facecolor="grey", alpha=0.35, hatch="//", label="D4-averaged (mean_g E_g)"),
+    ]
+    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    fig.suptitle("Test error on untransformed vs D4-averaged inputs (first step), per family")
     figs.append(_save(fig, out, "fig1_test_error", "Fig. 1: test error, untransformed vs D4"))
 
     labels = _d4_labels(study)

@@ -49,6 +49,7 @@ class GroupData:
     frobenius: np.ndarray  # (|G|, N) diag of M^g / ||M^g||_F
     cosine: np.ndarray | None  # (|G|, N) diag of the cosine-normalised M^g
     solver: list[dict] = field(default_factory=list)
+    families: list[str] = field(default_factory=list)  # (N,) initial-condition family per state
 
 
 @dataclass
@@ -100,6 +101,25 @@ def _solver_rows(rec: AuditRecord, spec: str) -> list[dict]:
     return rows
 
 
+def _state_families(rec: AuditRecord, n: int) -> list[str]:
+    """Family of each of the n states of one mini-batch: ``per_family`` consecutive states per
+    family, in the audit's batch order (``families`` in audit.json; older audits did not
+    record it and read their test files in sorted order; without any family information all
+    states are "all")."""
+    settings = rec.meta["settings"]
+    fams = rec.meta.get("families") or sorted(settings.get("test_data") or {})
+    if not fams:  # no family information recorded: one pooled group
+        return ["all"] * n
+    per = int(settings.get("per_family", 1))
+    out = [f for f in fams for _ in range(per)]
+    if len(out) != n:
+        raise ValueError(
+            f"{rec.path}: a mini-batch has {n} states but families {fams} x {per} per family "
+            f"give {len(out)}"
+        )
+    return out
+
+
 def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
     """Load audits and pool them per model preset (models ordered UNet, ViT, G-CNN)."""
     records = [load_audit(d) for d in audit_dirs]
@@ -119,8 +139,11 @@ def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
             if kind is None:
                 continue
             eqs, infs = rec.equivariance[spec], rec.influence[spec]
-            acc = parts.setdefault((rec.model, kind), {"e": [], "d": [], "f": [], "c": []})
+            acc = parts.setdefault(
+                (rec.model, kind), {"e": [], "d": [], "f": [], "c": [], "fam": []}
+            )
             for eq, inf in zip(eqs, infs, strict=True):
+                acc["fam"] += _state_families(rec, eq.error.shape[1])
                 resolution = eq.settings.get("resolution", resolution)
                 acc["e"].append(eq.error.numpy())
                 acc["d"].append(eq.defect.numpy())
@@ -142,6 +165,7 @@ def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
         g.defect = np.concatenate(acc["d"], axis=1)
         g.frobenius = np.concatenate(acc["f"], axis=1)
         g.cosine = None if any(c is None for c in acc["c"]) else np.concatenate(acc["c"], axis=1)
+        g.families = acc["fam"]
     ordered = sorted(models.values(), key=lambda m: (_ARCH_ORDER.get(m.architecture, 9), m.preset))
     return StudyData(ordered, list(resolution))
 
@@ -190,6 +214,13 @@ def summary(study: StudyData) -> dict[str, Any]:
             if kind == "d4":
                 entry["median_untransformed_error"] = _med(g.error[0])
                 entry["median_d4_averaged_error"] = _med(g.error.mean(0))
+                fam = np.asarray(g.families)
+                entry["family_median_untransformed_error"] = {
+                    f: _med(g.error[0, fam == f]) for f in sorted(set(g.families))
+                }
+                entry["family_median_d4_averaged_error"] = {
+                    f: _med(g.error.mean(0)[fam == f]) for f in sorted(set(g.families))
+                }
             s[kind] = entry
         out[m.preset] = s
     return out
@@ -348,16 +379,27 @@ def findings(study: StudyData) -> list[dict[str, str]]:
 def readings(study: StudyData) -> dict[str, str]:
     """A short data-driven reading of each figure, keyed by figure id."""
     r: dict[str, str] = {}
+    d4 = [m for m in study.models if "d4" in m.groups]
+    fams = sorted({f for m in d4 for f in m.groups["d4"].families})
     parts = []
-    for m in study.models:
-        g = m.groups.get("d4")
-        if g is None:
-            continue
-        e, a = _med(g.error[0]), _med(g.error.mean(0))
-        parts.append(
-            f"{m.label}: median {e:.3g} untransformed vs {a:.3g} D4-averaged ({a / e:.2f}x)"
-        )
-    r["test_error"] = "; ".join(parts) + "." if parts else "No D4 audit."
+    for fam in fams:
+        cells, best = [], None
+        for m in d4:
+            g = m.groups["d4"]
+            sel = np.asarray(g.families) == fam
+            if not sel.any():
+                continue
+            e, a = _med(g.error[0, sel]), _med(g.error.mean(0)[sel])
+            name = ARCH_LABEL.get(m.architecture, m.preset)
+            cells.append(f"{name} {e:.3g} → {a:.3g}")
+            best = (e, name) if best is None or e < best[0] else best
+        if cells:
+            parts.append(f"{fam.upper()}: " + ", ".join(cells) + f" (lowest E_e: {best[1]})")
+    r["test_error"] = (
+        "Median one-step error, untransformed → D4-averaged: " + "; ".join(parts) + "."
+        if parts
+        else "No D4 audit."
+    )
     parts = []
     for m in study.models:
         g = m.groups.get("d4")
