@@ -236,11 +236,13 @@ def test_auto_rank_grows_only_while_it_pays():
 
 def test_block_and_independent_cg_agree():
     model, lossfn = make("unet"), loss()
-    test = batch(3, GRID["unet"])
-    blk = influence(model, lossfn, test, list(D4)[:3], damping=1e-2, rtol=1e-4, solver="block")
-    ind = influence(model, lossfn, test, list(D4)[:3], damping=1e-2, rtol=1e-4, solver="cg")
+    test = batch(2, GRID["unet"])
+    kw = dict(damping=0.1, rtol=1e-3, rank=16)
+    blk = influence(model, lossfn, test, list(D4)[:2], solver="block", **kw)
+    ind = influence(model, lossfn, test, list(D4)[:2], solver="cg", **kw)
     assert blk.settings["solver"] == "block" and ind.settings["solver"] == "cg"
-    assert _rel(blk.raw, ind.raw) < 1e-3 and _rel(blk.cosine, ind.cosine) < 1e-3
+    assert blk.all_converged and ind.all_converged
+    assert _rel(blk.raw, ind.raw) < 1e-2 and _rel(blk.cosine, ind.cosine) < 1e-2
     with pytest.raises(ValueError, match="solver"):
         influence(model, lossfn, test, D4, solver="minres")
 
