@@ -44,7 +44,7 @@ class StudyPreset:
     per_family: int = 1
     damping: str = "auto"
     max_iter: int = 500
-    rank: int = 128  # Nyström preconditioner rank of the influence solves
+    rank: int | str = "auto"  # Nyström rank of the influence solves ("auto": grown while it pays)
     val_fraction: float = 0.1
     balance: float = 0.0
     data_seed: int = 0
