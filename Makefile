@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)
 
+# one thread unless told otherwise: on 2 cores with another job running, two OpenMP threads
+# made the demo's data generation 4x slower (docs/reproduce.md)
 demo: $(STAMP)
-	$(VENV)/bin/symaudit reproduce --preset demo --out $(DEMO_OUT)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(VENV)/bin/symaudit reproduce --preset demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -262,7 +262,11 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     # 8: label-free defect (log scale; exact zeros drawn at _FLOOR)
     kinds = [k for k in ("d4", "shift-x", "shift-y") if any(k in m.groups for m in study.models)]
     fig, axes = plt.subplots(
-        1, max(len(kinds), 1), figsize=(5 * max(len(kinds), 1), 4), squeeze=False
+        1,
+        max(len(kinds), 1),
+        figsize=(5.5 * max(len(kinds), 1), 4),
+        squeeze=False,
+        layout="constrained",  # keeps the panels' titles and y labels apart
     )
     ylabel = "D_g = SMSE(f(g x), g f(x)) (dimensionless)"
     for ax, kind in zip(axes[0], kinds, strict=False):
