@@ -440,10 +440,26 @@ def readings(study: StudyData) -> dict[str, str]:
         if g.cosine is not None:
             txt += f", cosine {_med(g.cosine[1:]):.3g}"
         parts.append(txt)
+    # One state can own ||M^g||_F (families with much larger gradients in one batch): then the
+    # Frobenius-normalised diagonal is ~1 for that state and ~0 for the rest, and says little.
+    dominated = [
+        m.label
+        for m in study.models
+        if "d4" in m.groups
+        and (np.abs(m.groups["d4"].frobenius[0]) > 0.9).any()
+        and _med(np.abs(m.groups["d4"].frobenius[0])) < 0.01
+    ]
+    note = (
+        f" For {', '.join(dominated)} one state per batch owns ||M^g||_F (its normalised "
+        "diagonal is near 1, the median below 0.01): the Frobenius panel mostly shows which "
+        "state has the largest gradients; read the cosine panel."
+        if dominated
+        else ""
+    )
     r["d4_influence"] = (
         "; ".join(parts)
         + ". A cosine near 1 means an update on x moves the loss on g x as much as on x "
-        "(the update propagates across the orbit); near 0, not at all."
+        "(the update propagates across the orbit); near 0, not at all." + note
         if parts
         else "No D4 audit."
     )
