@@ -190,7 +190,7 @@ def main() -> None:
     ap.add_argument("--rank-columns", type=int, default=16, help="test columns in the study")
     ap.add_argument("--skip", default="", help="comma list of a,b,cos,d to skip")
     ap.add_argument("--group", default="d4", help="d4, or shifts (32 x-shifts over the grid)")
-    ap.add_argument("--out", default="benchmarks/results_influence.json")
+    ap.add_argument("--out", default="benchmarks/results/influence.json")
     args = ap.parse_args()
     if args.untrained:
         args.checkpoint = None
@@ -351,6 +351,7 @@ def main() -> None:
         out["summary"]["with_sketch_over_plain"] = c_per_col / plain
     out["load_average_end"] = os.getloadavg()
     print(json.dumps(out["summary"], indent=1))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1, default=str)
 
