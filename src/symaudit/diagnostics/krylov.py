@@ -261,14 +261,8 @@ def cg(
 
     Returns: X `(P, k)` and a `SolveReport`.
     """
-    if not 0 < rtol < 1:
-        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     vec = B.ndim == 1
-    B = B.reshape(B.shape[0], -1)
-    if not torch.isfinite(B).all():
-        raise ValueError("right-hand sides contain NaN/inf")
+    B = _checked_rhs(B, rtol, max_iter)
     t0 = time.perf_counter()
     P, k = B.shape
     M = preconditioner if preconditioner is not None else (lambda R: R)
@@ -306,21 +300,11 @@ def cg(
         alpha = rz[active] / pAp
         X[:, active] += alpha * p
         R[:, active] -= alpha * Ap
-        iters[active] += 1
-        rn = _colnorm(R[:, active])
-        rel = rn / bnorm[active]
-        history.append(float(rel.max()))
+        cand, ok = _end_of_step(A, B, X, R, active, bnorm, tol, iters, converged, colprod, history)
+        products += len(cand)
         if callback is not None:
-            callback(it, rel)
-        # candidates: recursive residual says done -> verify with the true residual
-        cand = active[rn <= tol[active]]
+            callback(it, _colnorm(R[:, active]) / bnorm[active])
         if len(cand):
-            Rt = B[:, cand] - A(X[:, cand])
-            products += len(cand)
-            colprod[cand] += 1
-            ok = _colnorm(Rt) <= tol[cand]
-            converged[cand[ok]] = True
-            R[:, cand] = Rt
             bad = cand[~ok]
             if len(bad):  # recurrence drifted: restart those columns from the true residual
                 restarts += len(bad)
@@ -335,27 +319,9 @@ def cg(
             beta = rz_new / rz[cont]
             Pd[:, cont] = Zc + beta * Pd[:, cont]
             rz[cont] = rz_new
-    # final true residual for every column still unverified (non-converged ones)
-    todo = (~converged).nonzero().flatten()
-    if len(todo):
-        Rt = B[:, todo] - A(X[:, todo])
-        products += len(todo)
-        colprod[todo] += 1
-        R[:, todo] = Rt
-        converged[todo] = _colnorm(Rt) <= tol[todo]
-    res = (_colnorm(R) / bnorm.clamp_min(torch.finfo(B.dtype).tiny)).where(bnorm > 0, 0.0)
-    report = SolveReport(
-        rtol=rtol,
-        max_iter=max_iter,
-        residuals=res.tolist(),
-        iterations=iters.tolist(),
-        converged=converged.tolist(),
-        products=products,
-        column_products=colprod.tolist(),
-        restarts=restarts,
-        seconds=time.perf_counter() - t0,
-        history=history,
-    )
+    report = _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_iter)
+    report.restarts, report.history = restarts, history
+    report.seconds = time.perf_counter() - t0
     if warn and not report.all_converged:
         _warn_unconverged(report, k, "CG")
     return (X[:, 0] if vec else X), report
@@ -393,14 +359,8 @@ def block_cg(
     its solution is then frozen. Arguments and the returned `SolveReport` are those of `cg`
     (``column_products`` shares each block product equally among the active columns).
     """
-    if not 0 < rtol < 1:
-        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     vec = B.ndim == 1
-    B = B.reshape(B.shape[0], -1)
-    if not torch.isfinite(B).all():
-        raise ValueError("right-hand sides contain NaN/inf")
+    B = _checked_rhs(B, rtol, max_iter)
     t0 = time.perf_counter()
     P, k = B.shape
     M = preconditioner if preconditioner is not None else (lambda R: R)
@@ -429,36 +389,56 @@ def block_cg(
         alpha = torch.cholesky_solve((D.T @ R[:, active]).double(), L).to(B.dtype)
         X[:, active] += D @ alpha
         R[:, active] -= AD @ alpha
-        iters[active] += 1
-        rn = _colnorm(R[:, active])
-        rel = rn / bnorm[active]
-        history.append(float(rel.max()))
+        cand, ok = _end_of_step(A, B, X, R, active, bnorm, tol, iters, converged, colprod, history)
+        products += len(cand)
+        restarts += int((~ok).sum())  # drifted: carry on from the true residual
         if callback is not None:
-            callback(it, rel)
-        cand = active[rn <= tol[active]]
-        if len(cand):
-            Rt = B[:, cand] - A(X[:, cand])
-            products += len(cand)
-            colprod[cand.cpu()] += 1
-            ok = _colnorm(Rt) <= tol[cand]
-            converged[cand[ok]] = True
-            restarts += int((~ok).sum())  # drifted: carry on from the true residual
-            R[:, cand] = Rt
+            callback(it, _colnorm(R[:, active]) / bnorm[active])
         active = active[~converged[active]]
         if not len(active):
             break
         Z = M(R[:, active])
         beta = torch.cholesky_solve((AD.T @ Z).double(), L).to(B.dtype)
         D = _orthonormalize(Z - D @ beta)
+    report = _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_iter)
+    report.restarts, report.history = restarts, history
+    report.seconds = time.perf_counter() - t0
+    if warn and not report.all_converged:
+        _warn_unconverged(report, k, "block CG")
+    return (X[:, 0] if vec else X), report
+
+
+def _end_of_step(A, B, X, R, active, bnorm, tol, iters, converged, colprod, history) -> tuple:
+    """Count the iteration of the ``active`` columns; those whose recursive residual says done
+    get their true residual recomputed into R (one product each) and are marked converged if
+    it is within tol. Returns (candidates, their within-tol mask)."""
+    iters[active] += 1
+    rn = _colnorm(R[:, active])
+    history.append(float((rn / bnorm[active]).max()))
+    cand = active[rn <= tol[active]]
+    if not len(cand):
+        return cand, torch.zeros(0, dtype=torch.bool, device=cand.device)
+    Rt = B[:, cand] - A(X[:, cand])
+    colprod[cand.to(colprod.device)] += 1
+    ok = _colnorm(Rt) <= tol[cand]
+    converged[cand[ok]] = True
+    R[:, cand] = Rt
+    return cand, ok
+
+
+def _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_iter) -> SolveReport:
+    """Verify the true residual of every column not yet verified (the unconverged ones; one
+    product each) and report every column's true relative residual. Updates R in place."""
+    bnorm = _colnorm(B)
     todo = (~converged).nonzero().flatten()
     if len(todo):
         Rt = B[:, todo] - A(X[:, todo])
         products += len(todo)
-        colprod[todo.cpu()] += 1
+        colprod[todo.to(colprod.device)] += 1
         R[:, todo] = Rt
-        converged[todo] = _colnorm(Rt) <= tol[todo]
+        converged[todo] = _colnorm(Rt) <= rtol * bnorm[todo]
     res = (_colnorm(R) / bnorm.clamp_min(torch.finfo(B.dtype).tiny)).where(bnorm > 0, 0.0)
-    report = SolveReport(
+    return SolveReport(
         rtol=rtol,
         max_iter=max_iter,
         residuals=res.tolist(),
@@ -466,13 +446,19 @@ def block_cg(
         converged=converged.tolist(),
         products=products,
         column_products=colprod.tolist(),
-        restarts=restarts,
-        seconds=time.perf_counter() - t0,
-        history=history,
     )
-    if warn and not report.all_converged:
-        _warn_unconverged(report, k, "block CG")
-    return (X[:, 0] if vec else X), report
+
+
+def _checked_rhs(B: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
+    """B as a `(P, k)` block, after checking the arguments every solver shares."""
+    if not 0 < rtol < 1:
+        raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+    if max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    B = B.reshape(B.shape[0], -1)
+    if not torch.isfinite(B).all():
+        raise ValueError("right-hand sides contain NaN/inf")
+    return B
 
 
 def _warn_unconverged(report: SolveReport, k: int, what: str) -> None:
