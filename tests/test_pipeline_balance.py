@@ -100,3 +100,20 @@ def test_bad_balance_and_steady_family_are_refused(tmp_path):
     data = load_transitions(tmp_path / "still.h5", val_fraction=0.0)
     with pytest.raises(ValueError, match="persistence error"):
         family_weights(data, SMSE(data.channel_rms), 0.5)
+
+
+def test_train_cli_passes_balance(two_families, tmp_path):
+    from typer.testing import CliRunner
+
+    from symaudit.cli import app
+
+    base = ["train", "--model", "unet-tiny", "--data", str(two_families), "--epochs", "1"]
+    base += ["--batch-size", "8", "--lr", "0", "--quiet"]
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "r"), "--balance", "0.5"])
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["balance"] == 0.5
+    data = load_transitions(two_families, val_fraction=0.1, seed=0)
+    assert ckpt["family_weights"] == family_weights(data, SMSE(data.channel_rms), 0.5)
+    bad = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "b"), "--balance", "-1"])
+    assert bad.exit_code == 2 and "balance" in bad.output

@@ -60,6 +60,13 @@ def train(
     checkpoint_every: Annotated[
         int, typer.Option(help="Also checkpoint every N steps within epochs (0: epoch ends).")
     ] = 0,
+    balance: Annotated[
+        float,
+        typer.Option(
+            help="Per-family loss weights w_f ∝ (persistence SMSE of file f)^-BALANCE; "
+            "0 = plain SMSE (the paper), 0.5 = the demo preset."
+        ),
+    ] = 0.0,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train an autoregressive emulator with SMSE and Adam; checkpoint every epoch.
@@ -101,6 +108,7 @@ def train(
             device=device,
             model_overrides=dict(_parse_override(o) for o in override or []),
             checkpoint_every=checkpoint_every,
+            balance=balance,
         )
         result = run(config, out, progress=not quiet, log=typer.echo)
     except (ValueError, KeyError, DatasetError, CheckpointError) as exc:
