@@ -148,6 +148,8 @@ class NystromPreconditioner:
 
     def extend(self, extra: int) -> None:
         """Add ``extra`` test vectors (``extra`` more products with eta) and refactor."""
+        if self._omega is None:
+            raise RuntimeError("the sketch was released; it can no longer be extended")
         if not 0 < extra <= self.num_params - self.sketch_size:
             raise ValueError(
                 f"can add 1..{self.num_params - self.sketch_size} columns, got {extra}"
@@ -165,7 +167,8 @@ class NystromPreconditioner:
 
     @property
     def sketch_size(self) -> int:
-        return self._omega.shape[1]
+        """Test vectors drawn so far (= products with eta spent on the sketch)."""
+        return self.products
 
     def release(self) -> None:
         """Drop the test matrix and the raw sketch (keeps U and the eigenvalues)."""
