@@ -39,9 +39,19 @@ def _report(reports_cols: int, rtol: float) -> dict:
     }
 
 
-def _audit(path: Path, arch: str, seed: int, error: dict, defect: dict, cos: dict) -> Path:
+def _audit(
+    path: Path,
+    arch: str,
+    seed: int,
+    error: dict,
+    defect: dict,
+    cos: dict,
+    families: list[str] | None = None,
+) -> Path:
     """Write an audit directory: per group kind, E_g (|G|, N), D_g and the cosine diagonal
-    (raw = cosine with unit norms, so Frobenius = cos / ||cos||_F per batch)."""
+    (raw = cosine with unit norms, so Frobenius = cos / ||cos||_F per batch). With
+    ``families``, the batch holds N / len(families) consecutive states of each, in that
+    order (as ``symaudit audit`` records it)."""
     specs = {"d4": ("d4", D4, {}), "shift-x": ("shift-x:4", [f"t{s}" for s in SHIFTS], {})}
     pieces = {}
     for kind, (spec, names, _) in specs.items():
@@ -86,9 +96,10 @@ def _audit(path: Path, arch: str, seed: int, error: dict, defect: dict, cos: dic
             "complete": True,
             "model": {"preset": preset, "architecture": arch, "kwargs": {}},
             "run": {"seed": seed},
-            "settings": {},
+            "settings": {"per_family": N // len(families)} if families else {},
             "pieces": pieces,
-        },
+        }
+        | ({"families": families} if families else {}),
     )
     e = float(np.mean(error["d4"][0]))
     atomic_write_json(
@@ -97,9 +108,14 @@ def _audit(path: Path, arch: str, seed: int, error: dict, defect: dict, cos: dic
     return path
 
 
-def _study(tmp: Path, *, vit_better: bool) -> list[Path]:
+def _study(tmp: Path, *, vit_better: bool, families: dict[str, float] | None = None) -> list[Path]:
+    """UNet, ViT and G-CNN audits with known numbers; ``families`` {name: error scale}, in
+    batch order, multiplies each family's states' errors by its scale."""
     rng = np.random.default_rng(0)
     base = rng.uniform(1.0, 2.0, size=N)
+    fams = list(families) if families else None
+    if families:
+        base = base * np.repeat(list(families.values()), N // len(families))
     flat = np.ones((len(SHIFTS), 1))
     dirs = []
     # UNet: error 1x untransformed, 1.2x transformed; flat along shifts; influence ~0.5
@@ -115,6 +131,7 @@ def _study(tmp: Path, *, vit_better: bool) -> list[Path]:
                 "d4": np.vstack([np.ones(N)] + [rng.uniform(0.2, 0.8, N) for _ in range(7)]),
                 "shift-x": np.vstack([np.ones(N)] + [rng.uniform(0.3, 0.9, N) for _ in range(3)]),
             },
+            fams,
         )
     )
     # ViT: 0.5x (or 2x) untransformed, 1.25x transformed; a spike at one shift; influence ~0
@@ -131,6 +148,7 @@ def _study(tmp: Path, *, vit_better: bool) -> list[Path]:
                 "d4": np.vstack([np.ones(N)] + [rng.uniform(-0.01, 0.01, N) for _ in range(7)]),
                 "shift-x": np.vstack([np.ones(N)] + [rng.uniform(0.0, 0.05, N) for _ in range(3)]),
             },
+            fams,
         )
     )
     # G-CNN: exactly equivariant: same error for every g, zero defect, cosine 1 on the orbit
@@ -142,6 +160,7 @@ def _study(tmp: Path, *, vit_better: bool) -> list[Path]:
             {"d4": np.vstack([base] * 8), "shift-x": flat * base},
             {"d4": np.zeros((8, N)), "shift-x": np.zeros((4, N))},
             {"d4": np.ones((8, N)), "shift-x": np.ones((4, N))},
+            fams,
         )
     )
     return dirs
@@ -176,6 +195,66 @@ def test_findings_follow_the_numbers_and_the_report_shows_them(tmp_path):
     assert rep["models"]["vit-tiny"]["d4"]["median_error"][0] == pytest.approx(
         0.5 * float(np.median(base)), rel=1e-12
     )
+    # audits that recorded no families: one pooled panel, drawing every state
+    d4 = EquivarianceResult.load(dirs[0] / "d4" / "batch0" / "equivariance.pt").error.numpy()
+    assert list(rep["figures"]["fig2_d4_error"]) == ["all"]
+    drawn = rep["figures"]["fig2_d4_error"]["all"]["unet-tiny"]["median"]
+    assert drawn == pytest.approx(np.median(d4, axis=1), rel=1e-12)
+
+
+def _families_of_states(audit_dir: Path) -> np.ndarray:
+    """Family of each state of the audit's one batch, from audit.json as written."""
+    meta = json.loads((audit_dir / "audit.json").read_text())
+    per = meta["settings"]["per_family"]
+    return np.array([f for f in meta["families"] for _ in range(per)])
+
+
+def test_error_figures_draw_one_panel_per_family_with_that_familys_states(tmp_path):
+    # batch order is not alphabetical, and CE-RPUI's errors are 1000x CE-RP's (as in the demo)
+    scales = {"ce-rpui": 1000.0, "ce-rp": 1.0}
+    dirs = _study(tmp_path / "f", vit_better=True, families=scales)
+    build_report(dirs, tmp_path / "rf")
+    figs = json.loads((tmp_path / "rf" / "report.json").read_text())["figures"]
+    shifts = {"fig4_shift-x_error": "shift-x_4"}
+    for d in dirs:
+        preset = json.loads((d / "audit.json").read_text())["model"]["preset"]
+        fam = _families_of_states(d)
+        d4 = EquivarianceResult.load(d / "d4" / "batch0" / "equivariance.pt").error.numpy()
+        for f in scales:
+            sel = fam == f
+            assert sel.sum() == N // 2
+            # Fig. 1: untransformed and D4-averaged medians of this family's states only
+            drawn = figs["fig1_test_error"][f][preset]
+            assert drawn["untransformed"] == pytest.approx(np.median(d4[0, sel]), rel=1e-12)
+            assert drawn["d4_averaged"] == pytest.approx(np.median(d4.mean(0)[sel]), rel=1e-12)
+            # Fig. 2: per D4 element
+            drawn = figs["fig2_d4_error"][f][preset]["median"]
+            assert drawn == pytest.approx(np.median(d4[:, sel], axis=1), rel=1e-12)
+            # Figs 4: median marker and 10-90 % whisker per shift
+            for fig_id, where in shifts.items():
+                err = EquivarianceResult.load(d / where / "batch0" / "equivariance.pt").error
+                err = err.numpy()[:, sel]
+                drawn = figs[fig_id][f][preset]
+                assert drawn["median"] == pytest.approx(np.median(err, axis=1), rel=1e-12)
+                assert drawn["q10"] == pytest.approx(np.quantile(err, 0.1, axis=1), rel=1e-12)
+                assert drawn["q90"] == pytest.approx(np.quantile(err, 0.9, axis=1), rel=1e-12)
+        # the split is real: every CE-RP panel lies far below every CE-RPUI panel, whereas
+        # the pooled states span both scales
+        med = figs["fig2_d4_error"]
+        assert max(med["ce-rp"][preset]["median"]) < 0.01 * min(med["ce-rpui"][preset]["median"])
+    for fig_id in ("fig1_test_error", "fig2_d4_error", *shifts):
+        assert sorted(figs[fig_id]) == sorted(scales), fig_id
+    # the findings keep their per-family verdicts (the scales cancel in per-family ratios)
+    assert _status(dirs)["F1"] == "reproduced" and _status(dirs)["F2"] == "reproduced"
+
+
+def test_a_family_record_that_does_not_match_the_batch_is_an_error(tmp_path):
+    dirs = _study(tmp_path / "m", vit_better=True, families={"ce-rp": 1.0, "ce-crp": 1.0})
+    meta = json.loads((dirs[0] / "audit.json").read_text())
+    meta["families"] = ["ce-rp", "ce-crp", "ce-rpui"]  # 3 x 3 states, but the batch has 6
+    atomic_write_json(dirs[0] / "audit.json", meta)
+    with pytest.raises(ValueError, match="mini-batch has 6 states"):
+        collect(dirs)
 
 
 def test_a_finding_that_fails_is_reported_as_not_reproduced(tmp_path):

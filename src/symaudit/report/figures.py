@@ -3,13 +3,17 @@
 Colours are fixed per architecture (UNet blue, ViT orange, G-CNN green) in every figure.
 Box plots are Tukey's (box: quartiles, whiskers: 1.5 IQR, points: outliers) over the pooled
 test states of all seeds and mini-batches; shift plots show the median over states (marker)
-with a 10 %–90 % quantile whisker.
+with a 10 %–90 % quantile whisker. Test errors (Figs 1, 2, 4, 5) get one panel per
+initial-condition family: the families' error scales differ by up to 10^4, so pooled boxes
+and whiskers would span the scales instead of the states. Every figure records the values it
+drew (read back from the matplotlib artists) in ``Figure.data`` for ``report.json``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -17,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from symaudit.report.findings import ARCH_LABEL, StudyData  # noqa: E402
+from symaudit.report.findings import ARCH_LABEL, GroupData, ModelData, StudyData  # noqa: E402
 
 __all__ = ["COLOURS", "Figure", "make_figures"]
 
@@ -32,21 +36,24 @@ class Figure:
     title: str
     png: str
     svg: str
+    # drawn values: {family: {model preset: {name: per-element list or number}}}
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def _colour(study: StudyData, i: int) -> str:
     return COLOURS.get(study.models[i].architecture, _FALLBACK[i % len(_FALLBACK)])
 
 
-def _median_whiskers(ax, study, i: int, shifts, values: np.ndarray) -> None:
+def _median_whiskers(ax, study, i: int, shifts, values: np.ndarray) -> dict[str, list[float]]:
     """Median marker and 10–90 % whisker per shift (values `(|G|, N)`) for model i, offset
-    sideways a little per model so the three models' whiskers do not overlap."""
+    sideways a little per model so the three models' whiskers do not overlap. Returns the
+    drawn medians and whisker ends, read back from the artists."""
     s = np.asarray(shifts if shifts else range(values.shape[0]))
     med = np.median(values, axis=1)
     lo, hi = np.quantile(values, [0.1, 0.9], axis=1)
     step = s[1] - s[0] if len(s) > 1 else 1
     off = (i - (len(study.models) - 1) / 2) * 0.15 * step
-    ax.errorbar(
+    eb = ax.errorbar(
         s + off,
         med,
         yerr=[med - lo, hi - med],
@@ -57,13 +64,55 @@ def _median_whiskers(ax, study, i: int, shifts, values: np.ndarray) -> None:
         label=study.models[i].label,
         lw=1,
     )
+    ends = np.asarray(eb.lines[2][0].get_segments())[:, :, 1]  # (|G|, 2): whisker y ends
+    return {
+        "median": [float(y) for y in eb.lines[0].get_ydata()],
+        "q10": ends.min(1).tolist(),
+        "q90": ends.max(1).tolist(),
+    }
 
 
-def _save(fig, out: Path, name: str, title: str) -> Figure:
+def _save(fig, out: Path, name: str, title: str, data: dict | None = None) -> Figure:
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     fig.savefig(out / f"{name}.svg", bbox_inches="tight")
     plt.close(fig)
-    return Figure(name, title, f"{name}.png", f"{name}.svg")
+    return Figure(name, title, f"{name}.png", f"{name}.svg", data or {})
+
+
+def _families(models: list[ModelData], kind: str) -> list[str]:
+    """Initial-condition families of the models' ``kind`` audits, one figure panel each
+    (``["all"]`` for audits that recorded none)."""
+    return sorted({f for m in models if kind in m.groups for f in m.groups[kind].families}) or [
+        "all"
+    ]
+
+
+def _in_family(g: GroupData, fam: str) -> np.ndarray:
+    """Boolean mask `(N,)` of g's pooled states that belong to family ``fam``."""
+    if not g.families:
+        return np.full(g.error.shape[1], fam == "all")
+    return np.asarray(g.families) == fam
+
+
+def _family_panels(n: int, *, rows: bool, size: tuple[float, float]):
+    """A figure with one panel per family, stacked (``rows``) or side by side; ``size`` is
+    one panel's size in inches."""
+    shape = (n, 1) if rows else (1, n)
+    fig, axes = plt.subplots(
+        *shape,
+        figsize=(size[0] * shape[1], size[1] * shape[0]),
+        squeeze=False,
+        layout="constrained",
+    )
+    return fig, list(axes.ravel())
+
+
+def _shared_legend(fig, ax, handles=None, labels=None) -> None:
+    """One legend for all panels, outside the top-right panel."""
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
 
 
 def _positive_log(ax, values: list[np.ndarray]) -> None:
@@ -73,16 +122,21 @@ def _positive_log(ax, values: list[np.ndarray]) -> None:
         ax.set_yscale("log")
 
 
-def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel, legend=True):
-    """One cluster of boxes per label (group element), one box per model, side by side."""
+def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel, legend=True, fam=None):
+    """One cluster of boxes per label (group element), one box per model, side by side; with
+    ``fam``, only that family's states (models without any are left out). Returns
+    {model preset: (values `(|G|, n)`, drawn medians)}."""
     models = [m for m in study.models if kind in m.groups]
+    if fam is not None:
+        models = [m for m in models if _in_family(m.groups[kind], fam).any()]
     n = len(models)
     width = 0.8 / max(n, 1)
-    handles, all_vals = [], []
+    handles, drawn = [], {}
     for j, m in enumerate(models):
         i = study.models.index(m)
         data = field_fn(m.groups[kind])  # (|G|, N)
-        all_vals.append(data)
+        if fam is not None:
+            data = data[:, _in_family(m.groups[kind], fam)]
         pos = np.arange(data.shape[0]) + (j - (n - 1) / 2) * width
         bp = ax.boxplot(
             list(data),
@@ -96,7 +150,9 @@ def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel, legend=True):
         for b in bp["boxes"]:
             b.set_facecolor(_colour(study, i))
             b.set_alpha(0.75)
+        bp["boxes"][0].set_label(m.label)  # for a figure-wide legend
         handles.append((bp["boxes"][0], m.label))
+        drawn[m.preset] = (data, [float(line.get_ydata()[0]) for line in bp["medians"]])
     ax.set_xticks(np.arange(len(labels)), labels)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
@@ -108,7 +164,7 @@ def _grouped_boxes(ax, study, kind, field_fn, labels, ylabel, legend=True):
             bbox_to_anchor=(1.0, 1.0),
             fontsize=8,
         )
-    return all_vals
+    return drawn
 
 
 def _d4_labels(study: StudyData) -> list[str]:
@@ -126,18 +182,22 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
 
     # 1: untransformed vs D4-averaged test error, one panel per initial-condition family
     # (the families' error scales differ by orders of magnitude: pooled boxes would mix them)
-    fams = sorted({f for m in d4_models for f in m.groups["d4"].families}) or ["all"]
-    fig, axes = plt.subplots(1, len(fams), figsize=(3.6 * len(fams) + 2.4, 4.2), squeeze=False)
-    for ax, fam in zip(axes[0], fams, strict=True):
-        data, pos, cols, ticks = [], [], [], []
+    fams = _families(d4_models, "d4")
+    fig, axes = _family_panels(len(fams), rows=False, size=(3.6, 4.2))
+    drawn: dict[str, Any] = {}
+    for ax, fam in zip(axes, fams, strict=True):
+        data, pos, cols, ticks, who = [], [], [], [], []
         for j, m in enumerate(d4_models):
             g = m.groups["d4"]
-            sel = np.asarray(g.families) == fam if g.families else np.ones(g.error.shape[1], bool)
+            sel = _in_family(g, fam)
+            if not sel.any():
+                continue
             data += [g.error[0, sel], g.error.mean(0)[sel]]
             pos += [3 * j, 3 * j + 1]
             cols += [_colour(study, study.models.index(m))] * 2
             ticks += [(3 * j + 0.5, ARCH_LABEL.get(m.architecture, m.preset))]
-        if any(d.size for d in data):
+            who.append(m.preset)
+        if data:
             bp = ax.boxplot(
                 data, positions=pos, widths=0.8, patch_artist=True, medianprops={"color": "black"}
             )
@@ -149,9 +209,14 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
                 ax.plot(np.full(d.size, x), d, "k.", ms=3, alpha=0.6)
             ax.set_xticks([t for t, _ in ticks], [lab for _, lab in ticks])
             _positive_log(ax, data)
+            meds = [float(line.get_ydata()[0]) for line in bp["medians"]]
+            drawn[fam] = {
+                p: {"untransformed": meds[2 * k], "d4_averaged": meds[2 * k + 1]}
+                for k, p in enumerate(who)
+            }
         ax.set_title(f"{fam.upper()} ({data[0].size if data else 0} states per box)", fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("one-step test error, SMSE (dimensionless)")
+    axes[0].set_ylabel("one-step test error, SMSE (dimensionless)")
     from matplotlib.patches import Patch
 
     handles = [
@@ -161,25 +226,35 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
         Patch(facecolor="grey", alpha=0.85, label="untransformed (E_e)"),
         Patch(facecolor="grey", alpha=0.35, hatch="//", label="D4-averaged (mean_g E_g)"),
     ]
-    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    _shared_legend(fig, axes[-1], handles, [h.get_label() for h in handles])
     fig.suptitle("Test error on untransformed vs D4-averaged inputs (first step), per family")
-    figs.append(_save(fig, out, "fig1_test_error", "Fig. 1: test error, untransformed vs D4"))
+    figs.append(
+        _save(fig, out, "fig1_test_error", "Fig. 1: test error, untransformed vs D4", drawn)
+    )
 
     labels = _d4_labels(study)
-    # 2: E_g per D4 element
-    fig, ax = plt.subplots(figsize=(10, 4.2))
-    vals = _grouped_boxes(
-        ax,
-        study,
-        "d4",
-        lambda g: g.error,
-        labels,
-        "transformed test error E_g, SMSE (dimensionless)",
-    )
-    _positive_log(ax, vals)
-    ax.set_xlabel("D4 element g (r: rotation by 90°, s: reflection)")
-    ax.set_title("Transformed test error E_g = SMSE(f(g x_t), g x_t+1) per D4 element")
-    figs.append(_save(fig, out, "fig2_d4_error", "Fig. 2: E_g per D4 element"))
+    # 2: E_g per D4 element, one row per family (shared element axis, own error scale)
+    fig, axes = _family_panels(len(fams), rows=True, size=(10, 2.9))
+    drawn = {}
+    for ax, fam in zip(axes, fams, strict=True):
+        boxes = _grouped_boxes(
+            ax,
+            study,
+            "d4",
+            lambda g: g.error,
+            labels,
+            "E_g, SMSE (dimensionless)",
+            legend=False,
+            fam=fam,
+        )
+        _positive_log(ax, [v for v, _ in boxes.values()])
+        n = max((v.shape[1] for v, _ in boxes.values()), default=0)
+        ax.set_title(f"{fam.upper()} ({n} states per box)", fontsize=10)
+        drawn[fam] = {p: {"median": meds} for p, (_, meds) in boxes.items()}
+    axes[-1].set_xlabel("D4 element g (r: rotation by 90°, s: reflection)")
+    _shared_legend(fig, axes[0])
+    fig.suptitle("Transformed test error E_g = SMSE(f(g x_t), g x_t+1) per D4 element, per family")
+    figs.append(_save(fig, out, "fig2_d4_error", "Fig. 2: E_g per D4 element", drawn))
 
     # 3: influence per D4 element (Frobenius and cosine)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
@@ -209,28 +284,35 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
         a.set_xlabel("D4 element g")
     figs.append(_save(fig, out, "fig3_d4_influence", "Fig. 3: influence M^g_ii per D4 element"))
 
-    # 4-7: shifts
+    # 4-7: shifts; errors one panel per family (own error scale each)
     for kind, axis_name, num in (("shift-x", "horizontal", 4), ("shift-y", "vertical", 5)):
-        fig, ax = plt.subplots(figsize=(8, 4))
-        allv = []
-        for i, m in enumerate(study.models):
-            g = m.groups.get(kind)
-            if g is None:
-                continue
-            _median_whiskers(ax, study, i, g.shifts, g.error)
-            allv.append(g.error)
-        _positive_log(ax, allv)
-        ax.set_xlabel(f"{axis_name} shift (grid cells)")
-        ax.set_ylabel("E_g, SMSE (dimensionless)")
-        ax.set_title(
-            f"Test error under {axis_name} translations "
+        sfams = _families(study.models, kind)
+        fig, axes = _family_panels(len(sfams), rows=False, size=(4.6, 4))
+        drawn = {}
+        for ax, fam in zip(axes, sfams, strict=True):
+            allv, drawn[fam], n = [], {}, 0
+            for i, m in enumerate(study.models):
+                g = m.groups.get(kind)
+                if g is None or not _in_family(g, fam).any():
+                    continue
+                v = g.error[:, _in_family(g, fam)]
+                drawn[fam][m.preset] = _median_whiskers(ax, study, i, g.shifts, v)
+                allv.append(v)
+                n = max(n, v.shape[1])
+            _positive_log(ax, allv)
+            ax.set_xlabel(f"{axis_name} shift (grid cells)")
+            ax.set_title(f"{fam.upper()} ({n} states per marker)", fontsize=10)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("E_g, SMSE (dimensionless)")
+        _shared_legend(fig, axes[0])
+        fig.suptitle(
+            f"Test error under {axis_name} translations, per family "
             "(median, 10–90 % whiskers; last step in the training window)"
         )
-        ax.grid(alpha=0.3)
-        if allv:
-            ax.legend(fontsize=8)
         figs.append(
-            _save(fig, out, f"fig{num}_{kind}_error", f"Fig. {num}: E_g vs {axis_name} shift")
+            _save(
+                fig, out, f"fig{num}_{kind}_error", f"Fig. {num}: E_g vs {axis_name} shift", drawn
+            )
         )
     for kind, axis_name, num in (("shift-x", "horizontal", 6), ("shift-y", "vertical", 7)):
         fig, axes = plt.subplots(1, 2, figsize=(13, 4))

@@ -71,6 +71,8 @@ def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
             "findings": found,
             "readings": read,
             "solver": solver,
+            # the values each figure drew, per family and model (read back from the plot)
+            "figures": {f.id: f.data for f in figs if f.data},
         },
     )
 
