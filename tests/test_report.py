@@ -18,6 +18,7 @@ from symaudit.diagnostics.audit import AUDIT_FORMAT
 from symaudit.diagnostics.equivariance import EquivarianceResult
 from symaudit.diagnostics.influence import InfluenceResult
 from symaudit.report import build_report, collect, findings
+from symaudit.report.findings import readings
 
 D4 = ["e", "r", "r2", "r3", "s", "rs", "r2s", "r3s"]
 SHIFTS = [0, 4, 8, 12]
@@ -108,9 +109,16 @@ def _audit(
     return path
 
 
-def _study(tmp: Path, *, vit_better: bool, families: dict[str, float] | None = None) -> list[Path]:
+def _study(
+    tmp: Path,
+    *,
+    vit_better: bool,
+    families: dict[str, float] | None = None,
+    vit_spike: np.ndarray | None = None,
+) -> list[Path]:
     """UNet, ViT and G-CNN audits with known numbers; ``families`` {name: error scale}, in
-    batch order, multiplies each family's states' errors by its scale."""
+    batch order, multiplies each family's states' errors by its scale; ``vit_spike``
+    `(shifts, N)` replaces the ViT's multiplier of its shift errors."""
     rng = np.random.default_rng(0)
     base = rng.uniform(1.0, 2.0, size=N)
     fams = list(families) if families else None
@@ -136,7 +144,7 @@ def _study(tmp: Path, *, vit_better: bool, families: dict[str, float] | None = N
     )
     # ViT: 0.5x (or 2x) untransformed, 1.25x transformed; a spike at one shift; influence ~0
     f = 0.5 if vit_better else 2.0
-    spike = np.array([[1.0], [5.0], [1.0], [1.0]])
+    spike = np.array([[1.0], [5.0], [1.0], [1.0]]) if vit_spike is None else vit_spike
     dirs.append(
         _audit(
             tmp / "vit",
@@ -306,3 +314,22 @@ def test_cli_errors_are_clear(tmp_path):
     )
     assert res.exit_code == 2 and "no such checkpoint" in res.output
     assert not (tmp_path / "a").exists()
+
+
+def test_f4_and_shift_readings_are_judged_within_each_family(tmp_path):
+    """A ViT spike confined to the small family is invisible in medians pooled with a family
+    1000x larger (pooled max/min ~ 1.01) but is the finding: F4 must see it."""
+    spike = np.ones((len(SHIFTS), N))
+    spike[1, : N // 2] = 5.0  # the first (small) family only
+    fams = {"ce-rp": 1.0, "ce-rpui": 1000.0}
+    dirs = _study(tmp_path / "s", vit_better=True, families=fams, vit_spike=spike)
+    study = collect(dirs)
+    vit = study.by_arch("vit").groups["shift-x"]
+    small = np.asarray(vit.families) == "ce-rp"
+    pooled = np.median(vit.error, axis=1)
+    assert pooled.max() / pooled.min() < 1.1  # pooling hides the spike
+    within = np.median(vit.error[:, small], axis=1)
+    assert within.max() / within.min() == pytest.approx(5.0)
+    assert _status(dirs)["F4"] == "reproduced"
+    text = readings(study)["shift-x_error"]
+    assert "CE-RP " in text and "CE-RPUI " in text and "max/min 5.00" in text
