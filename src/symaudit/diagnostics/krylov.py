@@ -265,12 +265,9 @@ def cg(
     Returns: X `(P, k)` and a `SolveReport`.
     """
     vec = B.ndim == 1
-    B = _checked_rhs(B, rtol, max_iter)
+    B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner)
     t0 = time.perf_counter()
     P, k = B.shape
-    M = preconditioner if preconditioner is not None else (lambda R: R)
-    bnorm = _colnorm(B)
-    tol = rtol * bnorm
     products = 0
     colprod = torch.zeros(k, dtype=torch.long, device=B.device)
     X = torch.zeros_like(B) if X0 is None else X0.reshape(P, k).clone()
@@ -363,12 +360,9 @@ def block_cg(
     (``column_products`` shares each block product equally among the active columns).
     """
     vec = B.ndim == 1
-    B = _checked_rhs(B, rtol, max_iter)
+    B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner)
     t0 = time.perf_counter()
     P, k = B.shape
-    M = preconditioner if preconditioner is not None else (lambda R: R)
-    bnorm = _colnorm(B)
-    tol = rtol * bnorm
     products = 0
     colprod = torch.zeros(k, dtype=torch.float64)
     X = torch.zeros_like(B)
@@ -452,8 +446,9 @@ def _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_ite
     )
 
 
-def _checked_rhs(B: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
-    """B as a `(P, k)` block, after checking the arguments every solver shares."""
+def _prepare(B: torch.Tensor, rtol: float, max_iter: int, preconditioner: Operator | None):
+    """Check the arguments every solver shares; return B as a `(P, k)` block, the
+    preconditioner (identity if None), the column norms of B and the absolute tolerances."""
     if not 0 < rtol < 1:
         raise ValueError(f"rtol must be in (0, 1), got {rtol}")
     if max_iter < 1:
@@ -461,7 +456,9 @@ def _checked_rhs(B: torch.Tensor, rtol: float, max_iter: int) -> torch.Tensor:
     B = B.reshape(B.shape[0], -1)
     if not torch.isfinite(B).all():
         raise ValueError("right-hand sides contain NaN/inf")
-    return B
+    M = preconditioner if preconditioner is not None else (lambda R: R)
+    bnorm = _colnorm(B)
+    return B, M, bnorm, rtol * bnorm
 
 
 def _warn_unconverged(report: SolveReport, k: int, what: str) -> None:
