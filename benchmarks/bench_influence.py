@@ -75,7 +75,7 @@ def load_model(args):
 
     from symaudit.training import load_checkpoint
 
-    ckpt = args.checkpoint
+    ckpt = None if args.untrained else args.checkpoint
     if ckpt is None and not args.untrained and os.path.exists(DEFAULT_CHECKPOINT):
         ckpt = DEFAULT_CHECKPOINT
     if ckpt is None:
@@ -174,7 +174,7 @@ def parse_rank(v: str) -> int | str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=None, help=f"default {DEFAULT_CHECKPOINT} if present")
-    ap.add_argument("--untrained", action="store_true", help="ignore the default checkpoint")
+    ap.add_argument("--untrained", action="store_true", help="ignore any checkpoint")
     ap.add_argument("--data", default=None, help="glob of .h5 files with the test states")
     ap.add_argument("--model", default="unet-small", help="preset when untrained")
     ap.add_argument("--width", type=int, default=None, help="override the UNet width (untrained)")
@@ -192,8 +192,6 @@ def main() -> None:
     ap.add_argument("--group", default="d4", help="d4, or shifts (32 x-shifts over the grid)")
     ap.add_argument("--out", default="benchmarks/results/influence.json")
     args = ap.parse_args()
-    if args.untrained:
-        args.checkpoint = None
     skip = set(args.skip.split(","))
     layout = FieldLayout.euler()
     model, rms, files, desc = load_model(args)

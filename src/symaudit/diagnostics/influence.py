@@ -323,6 +323,8 @@ def influence_sweep(
     for g, (a, b) in zip(elems, transformed, strict=True):
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise ValueError(f"group element {g.name!r} produced NaN/inf")
+    # elements that leave the test states unchanged (the identity) reuse the test gradients
+    same = [torch.equal(a, xt) and torch.equal(b, xt1) for a, b in transformed]
     metric_desc.update(
         size=op.global_count,
         local_size=int(metric_batch[0].shape[0]),
@@ -345,8 +347,7 @@ def influence_sweep(
     t0 = time.perf_counter()
     sketch = None
     if preconditioner == "nystrom":
-        n_id = sum(torch.equal(a, xt) and torch.equal(b, xt1) for a, b in transformed)
-        columns = xt.shape[0] * (1 + len(elems) - n_id if cosine else 1)
+        columns = xt.shape[0] * (1 + len(elems) - sum(same) if cosine else 1)
         sketch = _grow_sketch(op, rank, columns, dampings, seed)
     times["preconditioner"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -375,7 +376,7 @@ def influence_sweep(
                     op,
                     sketch,
                     elems,
-                    (xt, xt1),
+                    same,
                     transformed,
                     B0,
                     grads,
@@ -438,28 +439,14 @@ def _grow_sketch(
     P x rank sketch matrices stay under 2 GiB each."""
     itemsize = torch.finfo(op.dtype).bits // 8
     cap = max(1, min(1024, op.num_params, 2**31 // (op.num_params * itemsize)))
-    if rank != "auto":
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ValueError(f"rank must be a positive integer or 'auto', got {rank!r}")
-        return NystromPreconditioner(
-            op.eta,
-            op.num_params,
-            min(rank, op.num_params),
-            0.0,
-            dtype=op.dtype,
-            device=op.device,
-            seed=seed,
-        )
+    auto = rank == "auto"
+    if not auto and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+        raise ValueError(f"rank must be a positive integer or 'auto', got {rank!r}")
+    first = min(_START_RANK, cap) if auto else min(rank, op.num_params)
     sketch = NystromPreconditioner(
-        op.eta,
-        op.num_params,
-        min(_START_RANK, cap),
-        0.0,
-        dtype=op.dtype,
-        device=op.device,
-        seed=seed,
+        op.eta, op.num_params, first, 0.0, dtype=op.dtype, device=op.device, seed=seed
     )
-    while 2 * sketch.sketch_size <= cap:
+    while auto and 2 * sketch.sketch_size <= cap:
         lam = min(
             _resolve_damping(d, {"top_eigenvalue": sketch.top_eigenvalue})[0] for d in dampings
         )
@@ -514,7 +501,7 @@ def _one_damping(
     op: MetricOperator,
     sketch: NystromPreconditioner | None,
     elems: list,
-    test: Transitions,
+    same: list[bool],
     transformed: list[Transitions],
     B0: torch.Tensor,
     grads,
@@ -537,8 +524,6 @@ def _one_damping(
         sketch.mu = lam
     n = B0.shape[1]
     G = len(elems)
-    # elements that leave the test states unchanged (the identity) reuse the test gradients
-    same = [torch.equal(a, test[0]) and torch.equal(b, test[1]) for a, b in transformed]
     todo = [k for k in range(G) if not same[k]]
     per_block = max(1, block_columns // n - 1)
     blocks = [todo[i : i + per_block] for i in range(0, len(todo), per_block)] if cosine else []

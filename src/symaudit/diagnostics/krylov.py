@@ -178,7 +178,7 @@ class NystromPreconditioner:
         om, Y = self._omega, self._Y
         l = om.shape[1]
         eps = torch.finfo(self._dtype).eps
-        nu = eps * self.num_params**0.5 * float(Y.double().norm())
+        nu = eps * self.num_params**0.5 * float(Y.norm())  # a scale: Y's dtype suffices
         nu = max(nu, torch.finfo(torch.float64).tiny)
 
         # (eta + nu I) Omega = Yn = Y + nu Omega;  M = Omega^T Yn = C C^T;  B = Yn C^{-T}
@@ -300,10 +300,12 @@ def cg(
         alpha = rz[active] / pAp
         X[:, active] += alpha * p
         R[:, active] -= alpha * Ap
-        cand, ok = _end_of_step(A, B, X, R, active, bnorm, tol, iters, converged, colprod, history)
+        cand, ok, rel = _end_of_step(
+            A, B, X, R, active, bnorm, tol, iters, converged, colprod, history
+        )
         products += len(cand)
         if callback is not None:
-            callback(it, _colnorm(R[:, active]) / bnorm[active])
+            callback(it, rel)
         if len(cand):
             bad = cand[~ok]
             if len(bad):  # recurrence drifted: restart those columns from the true residual
@@ -319,11 +321,11 @@ def cg(
             beta = rz_new / rz[cont]
             Pd[:, cont] = Zc + beta * Pd[:, cont]
             rz[cont] = rz_new
-    report = _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_iter)
+    report = _final_report(A, B, X, R, bnorm, rtol, max_iter, converged, iters, colprod, products)
     report.restarts, report.history = restarts, history
     report.seconds = time.perf_counter() - t0
     if warn and not report.all_converged:
-        _warn_unconverged(report, k, "CG")
+        _warn_unconverged(report, "CG")
     return (X[:, 0] if vec else X), report
 
 
@@ -362,7 +364,7 @@ def block_cg(
     vec = B.ndim == 1
     B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner)
     t0 = time.perf_counter()
-    P, k = B.shape
+    k = B.shape[1]
     products = 0
     colprod = torch.zeros(k, dtype=torch.float64)
     X = torch.zeros_like(B)
@@ -386,47 +388,52 @@ def block_cg(
         alpha = torch.cholesky_solve((D.T @ R[:, active]).double(), L).to(B.dtype)
         X[:, active] += D @ alpha
         R[:, active] -= AD @ alpha
-        cand, ok = _end_of_step(A, B, X, R, active, bnorm, tol, iters, converged, colprod, history)
+        cand, ok, rel = _end_of_step(
+            A, B, X, R, active, bnorm, tol, iters, converged, colprod, history
+        )
         products += len(cand)
         restarts += int((~ok).sum())  # drifted: carry on from the true residual
         if callback is not None:
-            callback(it, _colnorm(R[:, active]) / bnorm[active])
+            callback(it, rel)
         active = active[~converged[active]]
         if not len(active):
             break
         Z = M(R[:, active])
         beta = torch.cholesky_solve((AD.T @ Z).double(), L).to(B.dtype)
         D = _orthonormalize(Z - D @ beta)
-    report = _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_iter)
+    report = _final_report(A, B, X, R, bnorm, rtol, max_iter, converged, iters, colprod, products)
     report.restarts, report.history = restarts, history
     report.seconds = time.perf_counter() - t0
     if warn and not report.all_converged:
-        _warn_unconverged(report, k, "block CG")
+        _warn_unconverged(report, "block CG")
     return (X[:, 0] if vec else X), report
 
 
 def _end_of_step(A, B, X, R, active, bnorm, tol, iters, converged, colprod, history) -> tuple:
     """Count the iteration of the ``active`` columns; those whose recursive residual says done
     get their true residual recomputed into R (one product each) and are marked converged if
-    it is within tol. Returns (candidates, their within-tol mask)."""
+    it is within tol. Returns (candidates, their within-tol mask, the active columns' recursive
+    relative residuals)."""
     iters[active] += 1
     rn = _colnorm(R[:, active])
-    history.append(float((rn / bnorm[active]).max()))
+    rel = rn / bnorm[active]
+    history.append(float(rel.max()))
     cand = active[rn <= tol[active]]
     if not len(cand):
-        return cand, torch.zeros(0, dtype=torch.bool, device=cand.device)
+        return cand, torch.zeros(0, dtype=torch.bool, device=cand.device), rel
     Rt = B[:, cand] - A(X[:, cand])
     colprod[cand.to(colprod.device)] += 1
     ok = _colnorm(Rt) <= tol[cand]
     converged[cand[ok]] = True
     R[:, cand] = Rt
-    return cand, ok
+    return cand, ok, rel
 
 
-def _final_report(A, B, X, R, converged, iters, colprod, products, rtol, max_iter) -> SolveReport:
+def _final_report(
+    A, B, X, R, bnorm, rtol, max_iter, converged, iters, colprod, products
+) -> SolveReport:
     """Verify the true residual of every column not yet verified (the unconverged ones; one
     product each) and report every column's true relative residual. Updates R in place."""
-    bnorm = _colnorm(B)
     todo = (~converged).nonzero().flatten()
     if len(todo):
         Rt = B[:, todo] - A(X[:, todo])
@@ -461,12 +468,12 @@ def _prepare(B: torch.Tensor, rtol: float, max_iter: int, preconditioner: Operat
     return B, M, bnorm, rtol * bnorm
 
 
-def _warn_unconverged(report: SolveReport, k: int, what: str) -> None:
+def _warn_unconverged(report: SolveReport, what: str) -> None:
     bad = [i for i, c in enumerate(report.converged) if not c]
     worst = max(report.residuals[i] for i in bad)
     warnings.warn(
-        f"{what} did not converge for {len(bad)} of {k} columns within {report.max_iter} "
-        f"iterations (rtol {report.rtol:g}; worst relative residual {worst:.3g}; "
+        f"{what} did not converge for {len(bad)} of {len(report.converged)} columns within "
+        f"{report.max_iter} iterations (rtol {report.rtol:g}; worst relative residual {worst:.3g}; "
         f"columns {bad[:10]})",
         ConvergenceWarning,
         stacklevel=3,

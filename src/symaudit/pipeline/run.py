@@ -157,14 +157,8 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
             def aud(run_dir=run_dir, audit_dir=audit_dir, s=audit_settings) -> None:
                 run_audit(
                     run_dir,
-                    s["groups"],
+                    **s,
                     out=audit_dir,
-                    damping=s["damping"],
-                    rtol=s["rtol"],
-                    test_batches=s["test_batches"],
-                    per_family=s["per_family"],
-                    max_iter=s["max_iter"],
-                    rank=s["rank"],
                     test_data=[str(out / "data" / "test")],
                     device=device,
                     overwrite=True,

@@ -248,6 +248,10 @@ def _status(ok: bool | None) -> str:
     return "not testable" if ok is None else ("reproduced" if ok else "not reproduced")
 
 
+def _untestable(fid: str, why: str) -> dict[str, str]:
+    return dict(id=fid, claim=why, criterion="-", numbers="-", status=_status(None))
+
+
 def findings(study: StudyData) -> list[dict[str, str]]:
     """The paper's findings F1–F5 judged on this study, each with its criterion and numbers."""
     unet, vit, gcnn = (study.by_arch(a) for a in ("unet", "vit", "gcnn"))
@@ -288,16 +292,7 @@ def findings(study: StudyData) -> list[dict[str, str]]:
             )
         )
     else:
-        for fid in ("F1", "F2"):
-            rows.append(
-                dict(
-                    id=fid,
-                    claim="needs a UNet and a ViT audited on d4",
-                    criterion="-",
-                    numbers="-",
-                    status=_status(None),
-                )
-            )
+        rows += [_untestable(fid, "needs a UNet and a ViT audited on d4") for fid in ("F1", "F2")]
     # F3: Frobenius-normalised D4 influence off the identity
     if du is not None and dv is not None:
         fu, fv = du.frobenius[1:].ravel(), dv.frobenius[1:].ravel()
@@ -320,15 +315,7 @@ def findings(study: StudyData) -> list[dict[str, str]]:
             )
         )
     else:
-        rows.append(
-            dict(
-                id="F3",
-                claim="needs a UNet and a ViT audited on d4",
-                criterion="-",
-                numbers="-",
-                status=_status(None),
-            )
-        )
+        rows.append(_untestable("F3", "needs a UNet and a ViT audited on d4"))
     # F4: spikes of E_g along translations
     spikes = {}
     for m in (unet, vit):
@@ -357,15 +344,7 @@ def findings(study: StudyData) -> list[dict[str, str]]:
             )
         )
     else:
-        rows.append(
-            dict(
-                id="F4",
-                claim="needs a UNet and a ViT audited on shifts",
-                criterion="-",
-                numbers="-",
-                status=_status(None),
-            )
-        )
+        rows.append(_untestable("F4", "needs a UNet and a ViT audited on shifts"))
     # F5: the exactly equivariant control
     if gcnn is not None and gcnn.groups:
         dmax = max(float(g.defect.max()) for g in gcnn.groups.values())
@@ -389,15 +368,7 @@ def findings(study: StudyData) -> list[dict[str, str]]:
             )
         )
     else:
-        rows.append(
-            dict(
-                id="F5",
-                claim="needs the G-CNN control",
-                criterion="-",
-                numbers="-",
-                status=_status(None),
-            )
-        )
+        rows.append(_untestable("F5", "needs the G-CNN control"))
     return rows
 
 
