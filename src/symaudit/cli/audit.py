@@ -41,6 +41,13 @@ def audit(
         Path | None,
         typer.Option(help="With --model: a state dict or a checkpoint holding one."),
     ] = None,
+    trust_weights: Annotated[
+        bool,
+        typer.Option(
+            "--trust-weights",
+            help="With --weights: unpickle the file in full (arbitrary code: trusted files only).",
+        ),
+    ] = False,
     layout: Annotated[
         str,
         typer.Option(
@@ -121,7 +128,7 @@ def audit(
     if model is not None:
         _audit_foreign(
             model,
-            weights,
+            (weights, trust_weights),
             layout,
             test_data,
             group,
@@ -191,8 +198,9 @@ def _audit_foreign(spec, weights, layout, test_data, groups, out, **kwargs) -> N
             raise ForeignModelError("--model needs --test-data FILE (ours, PDEGym .nc, The Well)")
         fields = parse_layout(layout)
         net = load_factory(spec)
+        weights, trust = weights
         if weights is not None:
-            load_weights(net, weights)
+            load_weights(net, weights, trust=trust)
         kwargs["snapshots"] = parse_snapshots(kwargs["snapshots"])
         path = audit_foreign(
             net,

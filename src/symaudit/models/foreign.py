@@ -84,21 +84,47 @@ def _state_dict(obj: object, path: Path) -> Mapping[str, object]:
     )
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> dict:
+def _extra_state_globals(model: nn.Module) -> list:
+    """Functions and classes referenced by the model's own non-tensor state_dict entries
+    (e.g. neuraloperator's ``_metadata`` holds ``gelu`` and the ``SpectralConv`` class): a
+    weights file of this model legitimately references exactly these."""
+    found: list = []
+
+    def walk(v: object) -> None:
+        if isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, list | tuple | set):
+            for item in v:
+                walk(item)
+        elif isinstance(v, type) or (callable(v) and hasattr(v, "__qualname__")):
+            found.append(v)
+
+    for v in model.state_dict().values():
+        if not isinstance(v, torch.Tensor):
+            walk(v)
+    return found
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, *, trust: bool = False) -> dict:
     """Load a state dict or a checkpoint holding one into ``model`` (strictly: every key must
     match). A ``module.`` prefix (DistributedDataParallel) is removed. Loaded with
-    ``weights_only=True``: tensors and plain containers, never arbitrary pickled code.
+    ``weights_only=True``: tensors, plain containers and the functions/classes the model's
+    own extra state references -- never other pickled code, unless ``trust`` (then the file
+    is unpickled in full: only for files from a trusted source).
 
     Returns the checkpoint's other top-level entries that are plain numbers or strings."""
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(_extra_state_globals(model)):
+            obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except FileNotFoundError:
         raise ForeignModelError(f"--weights: no such file {path}") from None
     except Exception as exc:  # pickle errors of any kind: say what is supported
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise ForeignModelError(
-            f"--weights {path}: not loadable as tensors and plain containers ({exc}); save "
-            "model.state_dict() instead of the model object"
+            f"--weights {path}: not loadable as tensors and plain containers ({first}); save "
+            "model.state_dict(), or pass --trust-weights for a file from a trusted source"
         ) from exc
     sd = dict(_state_dict(obj, path))
     if sd and all(k.startswith("module.") for k in sd):
