@@ -120,3 +120,14 @@ def test_clear_errors_for_bad_model_weights_and_layout(tmp_path, user_files):
     layout = parse_layout("h,u:v")
     assert layout.vectors == {"u:v": (1, 2)} and layout.scalars == (0,)
     assert parse_layout("rho, m_x:m_y, E").vectors == {"momentum": (1, 2)}
+
+
+def test_data_channels_follow_the_models_layout_by_name(user_files):
+    from symaudit.data.sources import read_trajectories, to_layout
+
+    data = read_trajectories(user_files / "well.hdf5", trajectories=[0])
+    perm = to_layout(data, parse_layout("E,rho,m_x:m_y"))
+    assert torch.equal(perm[:, :, 0], data.fields[:, :, 3])
+    assert torch.equal(perm[:, :, 2:], data.fields[:, :, 1:3])
+    with pytest.raises(ValueError, match="another arrangement"):
+        to_layout(data, parse_layout("rho,m_y:m_x,E"))  # components swapped
