@@ -113,7 +113,8 @@ def audit(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
-    """Audit RUN for every --group: E_g, D_g and influence M^g per test mini-batch.
+    """Audit RUN (or any PyTorch model: --model FILE.py:FACTORY --test-data FILE) for every
+    --group: E_g, D_g and influence M^g per test mini-batch.
 
     D4 is evaluated at the first step of the rollout, translations at the last step inside
     the training window (the paper's protocol; see docs/reproduce.md). Rerunning after an
