@@ -257,7 +257,7 @@ class ColumnMap:
         if self.mode == "vmap":
             try:
                 return vmap(fn, in_dims=in_dims, chunk_size=chunk_size)(*args)
-            except RuntimeError as exc:
+            except (RuntimeError, NotImplementedError) as exc:
                 # anything vmap raises: the loop below either works (then vmap was the
                 # problem) or raises the model's own error
                 out = self._loop(fn, args, in_dims)
