@@ -65,11 +65,35 @@ def dense_jacobian(op: MetricOperator, x: torch.Tensor) -> torch.Tensor:
 
 
 def dense_gradients(op: MetricOperator, lossfn: SMSE, x: torch.Tensor, y: torch.Tensor):
-    """Per-sample gradients by plain autograd, one sample at a time (the oracle), `(P, N)`."""
+    """Per-sample gradients by plain autograd, one sample at a time (the oracle), `(P, N)`;
+    in eval mode like the diagnostics (BatchNorm running statistics, no dropout)."""
+    from symaudit.diagnostics.metric import _eval_math_attention
+
     cols = []
-    for i in range(x.shape[0]):
-        th = op.theta.clone().requires_grad_(True)
-        c = lossfn(op.forward(th, x[i : i + 1]), y[i : i + 1])
-        (g,) = torch.autograd.grad(c, th)
-        cols.append(g)
+    with _eval_math_attention(op.model):
+        for i in range(x.shape[0]):
+            th = op.theta.clone().requires_grad_(True)
+            c = lossfn(op.forward(th, x[i : i + 1]), y[i : i + 1])
+            (g,) = torch.autograd.grad(c, th)
+            cols.append(g)
     return torch.stack(cols, 1)
+
+
+def dense_influence(model, lossfn: SMSE, test, group, lam: float, metric=None):
+    """Dense M^g `(|G|, N, N)`, cosine `(|G|, N, N)` and chi `(P, P)`: chi formed explicitly
+    (`dense_eta`), per-sample gradients taken one sample at a time with plain autograd."""
+    from symaudit.diagnostics.metric import dense_eta
+
+    op = MetricOperator(model, lossfn, test if metric is None else metric)
+    chi = dense_eta(op) + lam * torch.eye(op.num_params, dtype=op.dtype)
+    factor = torch.linalg.cholesky(chi)  # chi is SPD: factor once, solve for every element
+    B0 = dense_gradients(op, lossfn, *test)
+    n0 = (B0 * torch.cholesky_solve(B0, factor)).sum(0).sqrt()
+    raw, cos = [], []
+    for g in group:
+        Bg = dense_gradients(op, lossfn, *g.transition(*test))
+        X = torch.cholesky_solve(Bg, factor)
+        M = B0.T @ X
+        raw.append(M)
+        cos.append(M / n0[:, None] / (Bg * X).sum(0).sqrt()[None, :])
+    return torch.stack(raw), torch.stack(cos), chi

@@ -11,6 +11,7 @@ from _tiny_models import (
     LAYOUT,
     batch,
     dense_gradients,
+    dense_influence,
     loss,
     make,
 )
@@ -22,29 +23,11 @@ from symaudit.diagnostics.influence import (
     influence_sweep,
 )
 from symaudit.diagnostics.krylov import ConvergenceWarning, PrecisionWarning
-from symaudit.diagnostics.metric import MetricOperator, dense_eta
+from symaudit.diagnostics.metric import MetricOperator
 from symaudit.groups import Dihedral4, GalileanBoost, Translations
 
 RTOL = 5e-3
 D4 = Dihedral4(LAYOUT)
-
-
-def _dense(model, lossfn, test, group, lam, metric=None):
-    """Dense M^g, norms and cosine with chi formed explicitly and per-sample gradients taken
-    one sample at a time with plain autograd."""
-    op = MetricOperator(model, lossfn, test if metric is None else metric)
-    chi = dense_eta(op) + lam * torch.eye(op.num_params, dtype=torch.float64)
-    B0 = dense_gradients(op, lossfn, *test)
-    U = torch.linalg.solve(chi, B0)
-    n0 = (B0 * U).sum(0).sqrt()
-    raw, cos = [], []
-    for g in group:
-        Bg = dense_gradients(op, lossfn, *g.transition(*test))
-        M = B0.T @ torch.linalg.solve(chi, Bg)
-        ng = (Bg * torch.linalg.solve(chi, Bg)).sum(0).sqrt()
-        raw.append(M)
-        cos.append(M / n0[:, None] / ng[None, :])
-    return torch.stack(raw), torch.stack(cos), chi
 
 
 def _rel(a, b):
@@ -56,7 +39,7 @@ def test_matches_dense_oracle(kind):
     model, lossfn = make(kind), loss()
     test = batch(2, GRID[kind])
     res = influence(model, lossfn, test, D4, rtol=RTOL, rank=32)
-    raw, cos, chi = _dense(model, lossfn, test, D4, res.damping)
+    raw, cos, chi = dense_influence(model, lossfn, test, D4, res.damping)
     assert res.elements == [g.name for g in D4]
     assert res.all_converged
     assert _rel(res.raw, raw) <= 10 * RTOL
@@ -81,7 +64,7 @@ def test_galilean_boost_transforms_input_and_target_differently():
     test = batch(2, GRID["gcnn"], seed=3)
     boost = GalileanBoost(LAYOUT, velocity=(1.0, 0.0), dt=1.0 / GRID["gcnn"])
     res = influence(model, lossfn, test, boost, rtol=RTOL, rank=16)
-    raw, _, _ = _dense(model, lossfn, test, boost, res.damping)
+    raw, _, _ = dense_influence(model, lossfn, test, boost, res.damping)
     assert _rel(res.raw, raw) <= 10 * RTOL
     g = list(boost)[-1]
     naive = dense_gradients(MetricOperator(model, lossfn, test), lossfn, g(test[0]), g(test[1]))
@@ -118,7 +101,7 @@ def test_metric_batch_and_parameter_subset():
     test, metric = batch(2, 8, seed=2), batch(3, 8, seed=3)
     group = list(D4)[:3]
     res = influence(model, lossfn, test, group, metric, damping=1e-3, rtol=1e-4, rank=32)
-    raw, _, _ = _dense(model, lossfn, test, group, 1e-3, metric=metric)
+    raw, _, _ = dense_influence(model, lossfn, test, group, 1e-3, metric=metric)
     assert _rel(res.raw, raw) <= 10 * 1e-4
     assert res.settings["metric_batch"]["source"] == "given"
     assert res.settings["metric_batch"]["size"] == 3

@@ -59,12 +59,17 @@ def _audit(
     for kind, (spec, names, _) in specs.items():
         where = Path(spec.replace(":", "_")) / "batch0"
         g = len(names)
-        shifts = {"shifts": SHIFTS} if kind != "d4" else {}
+        # what Group.describe() stores: the report dispatches on the spec's kind
+        gspec = (
+            {"kind": "translations", "axis": "x", "shifts": SHIFTS, "text": spec}
+            if kind != "d4"
+            else {"kind": "d4", "text": spec}
+        )
         EquivarianceResult(
             names,
             torch.as_tensor(error[kind], dtype=torch.float64),
             torch.as_tensor(defect[kind], dtype=torch.float64),
-            group={"name": kind, "elements": names, "spec": shifts},
+            group={"name": kind, "elements": names, "spec": gspec},
             settings={"num_states": N, "resolution": [16, 16]},
         ).save(path / where / "equivariance.pt")
         # off-diagonal influence between different states, the same for every model

@@ -1,4 +1,5 @@
-"""`symaudit audit`: equivariance errors and influence of a trained run (resumable)."""
+"""`symaudit audit`: equivariance errors and influence of a trained run, or of any PyTorch
+model given as a factory (``--model file.py:make``), on test data files (resumable)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,53 @@ def _damping(text: str | None) -> float | str | None:
 
 @app.command()
 def audit(
-    run: Annotated[Path, typer.Option(help="Training run directory (holds checkpoint.pt).")],
     out: Annotated[Path, typer.Option(help="Audit directory to write (resumable).")],
     group: Annotated[
         list[str],
         typer.Option(help="Group spec, repeatable: d4, c4, shift-x[:STRIDE], shift-y[:STRIDE]."),
     ],
+    run: Annotated[
+        Path | None, typer.Option(help="Training run directory (holds checkpoint.pt).")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="A model trained elsewhere: FILE.py:FACTORY or package.module:FACTORY (a "
+            "function with no arguments returning the nn.Module). Needs --test-data."
+        ),
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="With --model: a state dict or a checkpoint holding one."),
+    ] = None,
+    trust_weights: Annotated[
+        bool,
+        typer.Option(
+            "--trust-weights",
+            help="With --weights: unpickle the file in full (arbitrary code: trusted files only).",
+        ),
+    ] = False,
+    layout: Annotated[
+        str,
+        typer.Option(
+            help="With --model: the model's channels in order, X:Y marking a vector's components."
+        ),
+    ] = "rho,m_x:m_y,E",
+    resolution: Annotated[
+        int | None,
+        typer.Option(help="With --model: block-average the test data to N x N first."),
+    ] = None,
+    snapshots: Annotated[
+        str | None,
+        typer.Option(help="With --model: snapshots to read, 'all', N or 'start:stop[:step]'."),
+    ] = None,
+    orientation: Annotated[
+        str,
+        typer.Option(
+            help="With --model, PDEGym/The Well files: grid axes 'xy' (as the file's dims "
+            "say), 'yx', or 'auto' (decided from the continuity equation)."
+        ),
+    ] = "auto",
     damping: Annotated[
         str | None,
         typer.Option(
@@ -71,7 +113,8 @@ def audit(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
-    """Audit RUN for every --group: E_g, D_g and influence M^g per test mini-batch.
+    """Audit RUN (or any PyTorch model: --model FILE.py:FACTORY --test-data FILE) for every
+    --group: E_g, D_g and influence M^g per test mini-batch.
 
     D4 is evaluated at the first step of the rollout, translations at the last step inside
     the training window (the paper's protocol; see docs/reproduce.md). Rerunning after an
@@ -80,6 +123,34 @@ def audit(
     from symaudit.diagnostics.audit import DAMPING_SWEEP, AuditError, run_audit
     from symaudit.groups import GroupError
 
+    if (run is None) == (model is None):
+        typer.secho("error: pass exactly one of --run and --model", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    if model is not None:
+        _audit_foreign(
+            model,
+            (weights, trust_weights),
+            layout,
+            test_data,
+            group,
+            out,
+            resolution=resolution,
+            snapshots=snapshots,
+            orientation=orientation,
+            damping=_damping(damping) or "auto",
+            damping_sweep=DAMPING_SWEEP if damping_sweep else None,
+            rtol=5e-3 if rtol is None else rtol,
+            test_batches=test_batches,
+            per_family=per_family,
+            max_iter=max_iter,
+            rank=_parse_rank(rank),
+            cosine=not no_cosine,
+            device=device,
+            overwrite=overwrite,
+            progress=not quiet,
+            log=None if quiet else typer.echo,
+        )
+        return
     try:
         path = run_audit(
             run,
@@ -112,3 +183,37 @@ def _parse_rank(value: str) -> int | str:
     if not value.isdigit() or int(value) < 1:
         raise typer.BadParameter(f"--rank must be a positive integer or 'auto', got {value!r}")
     return int(value)
+
+
+def _audit_foreign(spec, weights, layout, test_data, groups, out, **kwargs) -> None:
+    """`symaudit audit --model ...`: load the factory and weights, audit on --test-data."""
+    from symaudit.data.transitions import parse_snapshots
+    from symaudit.diagnostics.audit import AuditError
+    from symaudit.diagnostics.foreign import audit_foreign
+    from symaudit.fields import LayoutError
+    from symaudit.groups import GroupError
+    from symaudit.models.foreign import ForeignModelError, load_factory, load_weights, parse_layout
+
+    try:
+        if not test_data:
+            raise ForeignModelError("--model needs --test-data FILE (ours, PDEGym .nc, The Well)")
+        fields = parse_layout(layout)
+        net = load_factory(spec)
+        weights, trust = weights
+        if weights is not None:
+            load_weights(net, weights, trust=trust)
+        kwargs["snapshots"] = parse_snapshots(kwargs["snapshots"])
+        path = audit_foreign(
+            net,
+            fields,
+            [str(p) for p in test_data],
+            groups,
+            out=out,
+            name=spec.rpartition(":")[2],
+            weights=None if weights is None else str(weights),
+            **kwargs,
+        )
+    except (AuditError, GroupError, ForeignModelError, LayoutError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"audit written to {path}")

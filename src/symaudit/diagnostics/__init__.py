@@ -1,5 +1,11 @@
 """symaudit.diagnostics"""
 
+from symaudit.diagnostics._params import (  # noqa: F401
+    ModelOutputError,
+    VmapFallbackWarning,
+    cast_model,
+    model_checksum,
+)
 from symaudit.diagnostics.equivariance import (  # noqa: F401
     EquivarianceFileError,
     EquivarianceResult,

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from symaudit._io import atomic_torch_save, load_result_payload
-from symaudit.diagnostics.metric import Transitions, check_transitions, model_checksum
+from symaudit.diagnostics._params import check_model_output, model_checksum, real_dtype
+from symaudit.diagnostics.metric import Transitions, check_transitions
 from symaudit.fields import FieldLayout, LayoutError
 from symaudit.groups import Group
 from symaudit.training.loss import SMSE
@@ -127,8 +128,8 @@ class EquivarianceResult:
 
 def _model_placement(model: nn.Module, like: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
+        if t.is_floating_point() or t.is_complex():
+            return t.device, real_dtype(t.dtype)
     return like.device, like.dtype
 
 
@@ -234,8 +235,4 @@ def _progress(enabled: bool, total: int, what: str):
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    y = model(x)
-    if not isinstance(y, torch.Tensor) or y.shape != x.shape:
-        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"the model must map {tuple(x.shape)} to the same shape, got {shape}")
-    return y
+    return check_model_output(x, model(x))

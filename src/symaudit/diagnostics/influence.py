@@ -31,6 +31,7 @@ from torch import nn
 
 from symaudit._io import atomic_torch_save, load_result_payload
 from symaudit.diagnostics._gradients import per_sample_gradients
+from symaudit.diagnostics._params import ColumnMap, _tensor_bytes
 from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, block_cg, cg
 from symaudit.diagnostics.metric import (
     MetricOperator,
@@ -170,7 +171,7 @@ class InfluenceResult:
 def _tensor_digest(*ts: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in ts:
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(_tensor_bytes(t))
     return h.hexdigest()[:16]
 
 
@@ -251,7 +252,9 @@ def influence(
 
     Args:
         model: any module `(n, C, H, W) -> (n, C, H, W)`, evaluated in eval mode at its
-            current parameters (dtype and device of its parameters are used throughout).
+            current parameters (real precision and device of its parameters are used
+            throughout; complex parameters, buffers of any dtype and non-tensor extra state
+            are fine).
         loss: `symaudit.SMSE`.
         test_batch: `(x_t, x_t1)`, each `(N, C, H, W)`.
         group: iterable of elements with ``.name``, callable on `(..., C, H, W)`.
@@ -270,7 +273,10 @@ def influence(
         is sharded: every rank passes the same test batch and its own metric shard).
 
     Returns: `InfluenceResult`. Non-converged solves raise `ConvergenceWarning` and are marked
-    in ``result.reports``.
+    in ``result.reports``. Complex parameters count as real/imaginary pairs (P real
+    coordinates; ``settings["complex_coordinates"]``). A model ``torch.func.vmap`` cannot batch
+    is run column by column after one `VmapFallbackWarning`; ``settings["batching"]`` says
+    which path ran.
     """
     return influence_sweep(
         model, loss, test_batch, group, metric_batch, dampings=[damping], rtol=rtol, **kwargs
@@ -316,8 +322,15 @@ def influence_sweep(
     t0 = time.perf_counter()
     metric_desc: dict = {"source": "test batch" if metric_batch is None else "given"}
     metric_batch = test_batch if metric_batch is None else metric_batch
+    batcher = ColumnMap()  # one vmap-or-loop decision (and warning) per run
     op = MetricOperator(
-        model, loss, metric_batch, params=params, chunk_size=chunk_size, process_group=process_group
+        model,
+        loss,
+        metric_batch,
+        params=params,
+        chunk_size=chunk_size,
+        process_group=process_group,
+        columns=batcher,
     )
     dev, dt = op.device, op.dtype
     xt, xt1 = (t.to(device=dev, dtype=dt) for t in test_batch)
@@ -338,7 +351,13 @@ def influence_sweep(
     def grads(batch: Transitions) -> torch.Tensor:
         with _eval_math_attention(model):
             return per_sample_gradients(
-                op.forward, op.theta, loss, batch[0], batch[1], chunk_size=grad_chunk_size
+                op.forward,
+                op.theta,
+                loss,
+                batch[0],
+                batch[1],
+                chunk_size=grad_chunk_size,
+                columns=batcher,
             ).T  # (P, N)
 
     t0 = time.perf_counter()
@@ -399,6 +418,8 @@ def influence_sweep(
         r.settings.update(
             model_checksum=model_hash,
             num_params=op.num_params,
+            complex_coordinates=op.space.complex_coordinates,
+            batching=batcher.describe(),
             params=list(params) if params is not None else None,
             rtol=rtol,
             max_iter=max_iter,

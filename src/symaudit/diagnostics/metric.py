@@ -4,9 +4,10 @@
 
 is the Gauss-Newton matrix of the mean-reduced SMSE loss C_B over a *metric batch* B of n
 transitions (J: Jacobian of the model's outputs on B with respect to the flat parameter vector
-theta of length P). eta is never formed: ``J V`` comes from ``torch.func.jvp`` (vmapped over the
-columns of V, one primal forward per chunk), ``J^T U`` from a vjp closure built once per
-metric batch. lambda is absolute.
+theta in R^P; complex parameters count as real/imaginary pairs, see `_params`). eta is never
+formed: ``J V`` comes from ``torch.func.jvp`` (vmapped over the columns of V, one primal forward
+per chunk; a loop for models vmap refuses), ``J^T U`` from a vjp closure built once per metric
+batch. lambda is absolute.
 
 ``torch.func.linearize`` is deliberately not used: on torch 2.13 / CPU it returned values of
 order 1e281 on a conv+GELU net where ``jvp`` was right (see NOTES.md).
@@ -15,14 +16,18 @@ order 1e281 on a conv+GELU net where ``jvp`` was right (see NOTES.md).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import functional_call, jvp, vjp, vmap
+from torch.func import functional_call, jvp, vjp
 
+from symaudit.diagnostics._params import (
+    ColumnMap,
+    ParameterSpace,
+    check_model_output,
+    model_checksum,
+)
 from symaudit.training.loss import SMSE
 
 __all__ = [
@@ -31,6 +36,7 @@ __all__ = [
     "Transitions",
     "check_transitions",
     "dense_eta",
+    "dense_jacobian",
     "model_checksum",
 ]
 
@@ -60,40 +66,6 @@ def check_transitions(batch: Transitions, channels: int | None = None, *, what: 
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).flatten(1).any(1).nonzero().flatten().tolist()
             raise ValueError(f"{what}: {name} has NaN/inf values in samples {bad[:10]}")
-
-
-def model_checksum(model: nn.Module) -> str:
-    """SHA-256 over the names, shapes, dtypes and values of all parameters and buffers."""
-    h = hashlib.sha256()
-    for name, t in model.state_dict().items():
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-@dataclass(frozen=True)
-class ParameterSpace:
-    """The selected parameters of a model as one flat vector of length P (and back)."""
-
-    names: tuple[str, ...]
-    shapes: tuple[torch.Size, ...]
-
-    @property
-    def numels(self) -> list[int]:
-        return [s.numel() for s in self.shapes]
-
-    @property
-    def size(self) -> int:
-        return sum(self.numels)
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """`(P,)` -> {name: tensor view}."""
-        parts = torch.split(flat, self.numels)
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes, strict=True)}
-
-    def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        return torch.cat([tensors[n].reshape(-1) for n in self.names])
 
 
 def _select(model: nn.Module, prefixes: Sequence[str] | None) -> list[str]:
@@ -134,6 +106,8 @@ class MetricOperator:
         damping: absolute lambda >= 0 (may be set later via ``.damping``).
         params: module-name prefixes restricting the parameters (default: all trainable).
         chunk_size: columns per vmap chunk (bounds memory: activations x chunk_size).
+        columns: the `ColumnMap` batching products over columns (vmap, or a loop for models
+            vmap refuses); shared with the per-sample gradients of an influence run.
         global_count: total number of metric transitions over all ranks when the metric batch
             is sharded (W uses the global count); default: this batch, or the sum over
             ``process_group`` when one is given.
@@ -154,6 +128,7 @@ class MetricOperator:
         chunk_size: int | None = 4,
         global_count: int | None = None,
         process_group: object | None = None,
+        columns: ColumnMap | None = None,
     ) -> None:
         if not isinstance(loss, SMSE):
             raise TypeError(f"loss must be symaudit.SMSE, got {type(loss).__name__}")
@@ -162,13 +137,13 @@ class MetricOperator:
         if not names:
             raise ValueError("the model has no trainable parameters")
         named = dict(model.named_parameters())
-        first = named[names[0]]
         self.model = model
         self.loss = loss
-        self.dtype: torch.dtype = first.dtype
-        self.device: torch.device = first.device
-        self.space = ParameterSpace(tuple(names), tuple(named[n].shape for n in names))
-        self.theta = self.space.flatten({n: named[n].detach() for n in names}).to(self.dtype)
+        self.space = ParameterSpace.of(named, names)
+        self.dtype: torch.dtype = self.space.real_dtype
+        self.device: torch.device = named[names[0]].device
+        self.theta = self.space.flatten({n: named[n].detach() for n in names})
+        self.columns = columns if columns is not None else ColumnMap()
         self._frozen = {n: p.detach() for n, p in named.items() if n not in set(names)}
         self._frozen.update({n: b.detach() for n, b in model.named_buffers()})
         self.chunk_size = chunk_size
@@ -189,9 +164,7 @@ class MetricOperator:
         self.products = 0  # number of chi/eta column products applied so far
         self._x = x
         with _eval_math_attention(model):
-            out, self._vjp = vjp(lambda th: self.forward(th, x), self.theta)
-        if out.shape != x.shape:
-            raise ValueError(f"model maps {tuple(x.shape)} to {tuple(out.shape)}; expected equal")
+            _, self._vjp = vjp(lambda th: self.forward(th, x), self.theta)
 
     @property
     def num_params(self) -> int:
@@ -209,8 +182,11 @@ class MetricOperator:
         self._damping = value
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """f_theta(x) with the selected parameters taken from the flat ``theta``."""
-        return functional_call(self.model, (self.space.unflatten(theta), self._frozen), (x,))
+        """f_theta(x) with the selected parameters taken from the flat real ``theta``
+        (complex parameters rebuilt from their real/imaginary pairs); raises
+        `ModelOutputError` unless the output is shaped and typed like ``x``."""
+        out = functional_call(self.model, (self.space.unflatten(theta), self._frozen), (x,))
+        return check_model_output(x, out)
 
     def jacobian_vector(self, V: torch.Tensor) -> torch.Tensor:
         """J V: `(P, k)` -> `(k, n, C, H, W)`."""
@@ -220,12 +196,12 @@ class MetricOperator:
             return jvp(lambda th: self.forward(th, x), (self.theta,), (v,))[1]
 
         with _eval_math_attention(self.model):
-            return vmap(jv, in_dims=1, chunk_size=self.chunk_size)(V)
+            return self.columns(jv, V, in_dims=1, chunk_size=self.chunk_size)
 
     def transpose_vector(self, U: torch.Tensor) -> torch.Tensor:
         """J^T U: `(k, n, C, H, W)` -> `(P, k)` (reuses the stored vjp closure)."""
         with _eval_math_attention(self.model):
-            out = vmap(lambda u: self._vjp(u)[0], chunk_size=self.chunk_size)(U)
+            out = self.columns(lambda u: self._vjp(u)[0], U, chunk_size=self.chunk_size)
         return out.T
 
     def eta(self, V: torch.Tensor) -> torch.Tensor:
@@ -281,12 +257,27 @@ class MetricOperator:
         return lam
 
 
-def dense_eta(op: MetricOperator, chunk_size: int = 64) -> torch.Tensor:
-    """eta formed explicitly `(P, P)` via ``torch.func.jacrev`` -- for tests on tiny models."""
+def dense_jacobian(op: MetricOperator, x: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
+    """J of the model's outputs on ``x`` `(n, C, H, W)` w.r.t. theta, `(n C H W, P)`, by reverse
+    mode: ``jacrev`` (vmapped), or one plain-autograd row at a time when vmap refuses the model.
+    For tests and small models only."""
     from torch.func import jacrev
 
+    def f(th: torch.Tensor) -> torch.Tensor:
+        return op.forward(th, x)
+
     with _eval_math_attention(op.model):
-        J = jacrev(lambda th: op.forward(th, op._x), chunk_size=chunk_size)(op.theta)
-    J = J.reshape(-1, op.num_params)
+        if op.columns.mode == "vmap":
+            try:
+                return jacrev(f, chunk_size=chunk_size)(op.theta).reshape(-1, op.num_params)
+            except RuntimeError:
+                pass  # e.g. in-place writes vmap refuses: the loop below is exact too
+        J = torch.autograd.functional.jacobian(f, op.theta, vectorize=False)
+    return J.reshape(-1, op.num_params)
+
+
+def dense_eta(op: MetricOperator, chunk_size: int = 64) -> torch.Tensor:
+    """eta formed explicitly `(P, P)` from `dense_jacobian` -- for tests on tiny models."""
+    J = dense_jacobian(op, op._x, chunk_size)
     w = op.weights.expand_as(op._x).reshape(-1, 1)
     return J.T @ (w * J)

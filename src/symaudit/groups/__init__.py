@@ -8,7 +8,7 @@ Elements: ``g.name``, ``g(x)``, ``g * h`` (apply h, then g), ``g.inverse()``.
 from symaudit.groups._base import Group, GroupElement, GroupError, UnknownElementError, product
 from symaudit.groups.dihedral import Dihedral4
 from symaudit.groups.galilean import GalileanBoost
-from symaudit.groups.spec import SPEC_HELP, from_spec
+from symaudit.groups.spec import SPEC_HELP, from_spec, spec_kinds, translation_axes
 from symaudit.groups.translations import Translations
 
 __all__ = [
@@ -22,4 +22,6 @@ __all__ = [
     "UnknownElementError",
     "from_spec",
     "product",
+    "spec_kinds",
+    "translation_axes",
 ]

@@ -8,7 +8,7 @@ from symaudit.groups.dihedral import Dihedral4
 from symaudit.groups.galilean import GalileanBoost
 from symaudit.groups.translations import Translations
 
-__all__ = ["SPEC_HELP", "from_spec"]
+__all__ = ["SPEC_HELP", "from_spec", "spec_kinds", "translation_axes"]
 
 SPEC_HELP = (
     "d4 | c4 | shift-x[:STRIDE] | shift-y[:STRIDE] | shift-xy[:STRIDE] | boost:CX,CY; "
@@ -71,3 +71,29 @@ def from_spec(
         group = product(group, _term(t, layout, resolution, dt))
     group.spec = {**group.spec, "text": spec}
     return group
+
+
+def spec_kinds(spec: dict) -> list[dict]:
+    """The elementary groups of a `Group.spec` (products and subsets unfolded), in order:
+    e.g. ``[{"kind": "d4"}, {"kind": "translations", "axis": "xy", ...}]``."""
+    kind = spec.get("kind")
+    if kind == "product":
+        return [k for f in spec.get("factors", []) for k in spec_kinds(f)]
+    if kind == "subset":
+        return spec_kinds(spec.get("of", {}))
+    return [spec]
+
+
+def translation_axes(spec: dict) -> set[str]:
+    """Axes ("x", "y") along which the group described by ``spec`` moves the grid: shifts, and
+    Galilean boosts (a boost displaces the state by c t). Used to refuse such audits on data
+    that are not periodic along an axis."""
+    axes: set[str] = set()
+    for k in spec_kinds(spec):
+        if k.get("kind") == "translations":
+            axes.update(str(k.get("axis", "xy")))
+        elif k.get("kind") == "boost":
+            axes.update("xy")
+        elif k.get("kind") == "set":
+            axes.update("xy")  # unknown elements: assume the worst
+    return axes

@@ -20,21 +20,35 @@ import numpy as np
 
 from symaudit.diagnostics.audit import AuditRecord, load_audit
 
-__all__ = ["GroupData", "ModelData", "StudyData", "collect", "findings", "readings"]
+__all__ = [
+    "GroupData",
+    "ModelData",
+    "StudyData",
+    "collect",
+    "findings",
+    "group_key",
+    "readings",
+]
 
 ARCH_LABEL = {"unet": "UNet", "vit": "ViT", "gcnn": "G-CNN"}
 _ARCH_ORDER = {"unet": 0, "vit": 1, "gcnn": 2}
+#: groups the paper's figures and findings read; every other audited group is reported under
+#: its own spec text (`group_key`)
 GROUP_KINDS = ("d4", "shift-x", "shift-y")
 
 
-def _kind(spec: str) -> str | None:
-    s = spec.strip().lower()
-    if s == "d4":
+def group_key(spec_text: str, group: dict) -> str:
+    """Where an audited group goes in the report, from its kind (`Group.spec`, as stored in
+    each result's ``group`` description), not from parsing the spec text: the full D4 is
+    "d4", translations along one axis "shift-x"/"shift-y" (any stride), and every other group
+    (subgroups such as c4, products, boosts, shift-xy, arbitrary shift sets) its spec text."""
+    spec = group.get("spec", {})
+    kind = spec.get("kind")
+    if kind == "d4":
         return "d4"
-    for k in ("shift-x", "shift-y"):
-        if s == k or s.startswith(k + ":"):
-            return k
-    return None
+    if kind == "translations" and spec.get("axis") in ("x", "y"):
+        return f"shift-{spec['axis']}"
+    return str(spec.get("text") or spec_text)
 
 
 @dataclass
@@ -138,10 +152,10 @@ def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
         m.test_errors[rec.seed] = rec.test_errors["all"]
         m.family_errors[rec.seed] = {k: v for k, v in rec.test_errors.items() if k != "all"}
         for spec in rec.equivariance:
-            kind = _kind(spec)
-            if kind is None:
-                continue
             eqs, infs = rec.equivariance[spec], rec.influence[spec]
+            kind = group_key(spec, eqs[0].group)
+            if kind in m.groups and m.groups[kind].elements != list(eqs[0].elements):
+                kind = spec  # e.g. shift-x and shift-x:8 in one audit: keep them apart
             acc = parts.setdefault(
                 (rec.model, kind), {"e": [], "d": [], "f": [], "c": [], "fam": []}
             )
@@ -157,7 +171,8 @@ def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
             g = m.groups.get(kind)
             if g is None:
                 spec_info = eqs[0].group.get("spec", {})
-                shifts = list(spec_info.get("shifts", [])) if kind != "d4" else []
+                one_axis = spec_info.get("kind") == "translations" and spec_info.get("axis") != "xy"
+                shifts = list(spec_info.get("shifts", [])) if one_axis else []
                 g = m.groups[kind] = GroupData(
                     spec, list(eqs[0].elements), shifts, *(np.empty(0),) * 3, None
                 )
@@ -203,6 +218,7 @@ def summary(study: StudyData) -> dict[str, Any]:
         }
         for kind, g in m.groups.items():
             entry = {
+                "spec": g.spec,
                 "elements": g.elements,
                 "shifts": g.shifts,
                 "median_error": [_med(r) for r in g.error],

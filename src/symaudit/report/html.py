@@ -53,6 +53,41 @@ def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.4g}"
 
 
+def _group_tables(study, numbers: dict) -> list[str]:
+    """One table per model and audited group (every group, whatever its kind): per element
+    the median E_g, median and max D_g and the median cosine influence over pooled states."""
+    p = [
+        "<h2>Every audited group</h2><p>Per element: median transformed error E<sub>g</sub>, "
+        "median and max defect D<sub>g</sub>, median cosine influence M<sup>g</sup><sub>ii"
+        "</sub> over all pooled test states.</p>"
+    ]
+    for m in study.models:
+        for g in numbers[m.preset].values():
+            if not isinstance(g, dict) or "elements" not in g:
+                continue
+            cos = g["median_cosine"] or [None] * len(g["elements"])
+            rows = "".join(
+                f"<tr><td>{_e(el)}</td><td class='num'>{_fmt(e)}</td>"
+                f"<td class='num'>{_fmt(d)}</td><td class='num'>{_fmt(dm)}</td>"
+                f"<td class='num'>{_fmt(c)}</td></tr>"
+                for el, e, d, dm, c in zip(
+                    g["elements"],
+                    g["median_error"],
+                    g["median_defect"],
+                    g["max_defect"],
+                    cos,
+                    strict=True,
+                )
+            )
+            p.append(
+                f"<details><summary>{_e(m.label)}: <code>{_e(g['spec'])}</code> "
+                f"({len(g['elements'])} elements, {g['num_states']} states)</summary>"
+                "<table><tr><th>element</th><th>median E_g</th><th>median D_g</th>"
+                f"<th>max D_g</th><th>median cosine</th></tr>{rows}</table></details>"
+            )
+    return p
+
+
 def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Figures (PNG + SVG), ``report.json`` (every number shown) and ``index.html`` in ``out``
     from the given audit directories. Returns the HTML path."""
@@ -145,6 +180,7 @@ def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike
             f"<td><b>{_e(f['status'])}</b></td></tr>"
         )
     p.append("</table>")
+    p += _group_tables(study, numbers)
     p.append("<h2>Figures</h2>")
     for fig in figs:
         key = _FIGURE_TEXT.get(fig.id)

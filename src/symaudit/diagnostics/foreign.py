@@ -1,0 +1,268 @@
+"""Audit of a model trained elsewhere (``symaudit audit --model ...``): any `nn.Module`, test
+data from our HDF5 format, a PDEGym ``.nc`` file or a The Well HDF5 file.
+
+Writes an audit directory in the same format as `run_audit` (so ``symaudit report`` reads
+it): ``audit.json``, ``test_errors.json`` and, per group spec and test mini-batch,
+``<group>/batch<k>/{equivariance,influence,sweep-<j>}.pt``; a rerun with the same settings
+skips the pieces on disk. Each data file is one family; mini-batch k holds trajectories
+``k*per_family ... (k+1)*per_family - 1`` of every file. Groups that move the grid
+(translations, boosts) are audited on the last pair of selected snapshots and refused on data
+that are not periodic along the axes they move; the others on the first pair.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from symaudit._io import atomic_write_json
+from symaudit.diagnostics.audit import (
+    AUDIT_FORMAT,
+    AuditError,
+    _group_dir,
+    _loads,
+    _test_errors,
+    _TestSet,
+    settings_digest,
+)
+from symaudit.fields import FieldLayout
+
+__all__ = ["audit_foreign", "model_channel_rms"]
+
+
+def model_channel_rms(model: nn.Module) -> torch.Tensor | None:
+    """The channel RMS a model carries (attribute or buffer ``channel_rms``), if any."""
+    rms = getattr(model, "channel_rms", None)
+    return None if rms is None else torch.as_tensor(rms, dtype=torch.float64).detach().cpu()
+
+
+def _load_test_set(
+    paths: Sequence[str | os.PathLike],
+    layout: FieldLayout,
+    count: int,
+    snapshots,
+    resolution: int | None,
+    orientation: str,
+) -> tuple[_TestSet, dict[str, dict[str, bool]]]:
+    from symaudit.data.sources import read_trajectories, to_layout
+    from symaudit.data.store import DatasetError
+
+    families: dict[str, torch.Tensor] = {}
+    sources: dict[str, dict] = {}
+    periodic: dict[str, dict[str, bool]] = {}
+    times = None
+    for p in paths:
+        try:
+            data = read_trajectories(
+                p,
+                trajectories=list(range(count)),
+                snapshots=snapshots,
+                resolution=resolution,
+                orientation=orientation,
+            )
+        except (DatasetError, IndexError) as exc:
+            raise AuditError(f"cannot read test data {p}: {exc}") from exc
+        fam = data.family if data.family not in families else f"{data.family}:{Path(p).stem}"
+        families[fam] = to_layout(data, layout)
+        sources[fam] = data.source
+        periodic[str(p)] = data.periodic
+        if times is not None and not torch.allclose(times, data.times.to(times.dtype)):
+            raise AuditError(f"{p}: its snapshot times differ from the other files'")
+        times = data.times if times is None else times
+    if times is None or times.numel() < 2:
+        raise AuditError("the test data need at least 2 snapshots")
+    return _TestSet(families, sources, times), periodic
+
+
+def _check_boundaries(spec: str, group, periodic: dict[str, dict[str, bool]]) -> None:
+    from symaudit.groups import translation_axes
+
+    axes = translation_axes(group.spec)
+    for path, per in periodic.items():
+        bad = sorted(a for a in axes if not per.get(a, False))
+        if bad:
+            raise AuditError(
+                f"group {spec!r} moves the grid along {', '.join(bad)}, but {path} is not "
+                f"periodic along {', '.join(bad)} (its boundary conditions: {per}): shifts and "
+                "boosts are not symmetries there; audit d4 or c4 instead"
+            )
+
+
+def audit_foreign(
+    model: nn.Module,
+    layout: FieldLayout,
+    data: Sequence[str | os.PathLike],
+    groups: Sequence[str],
+    *,
+    out: str | os.PathLike,
+    name: str,
+    weights: str | None = None,
+    channel_rms: torch.Tensor | None = None,
+    snapshots=None,
+    resolution: int | None = None,
+    orientation: str = "auto",
+    damping: float | str = "auto",
+    damping_sweep: Sequence[float | str] | None = None,
+    rtol: float = 5e-3,
+    test_batches: int = 1,
+    per_family: int = 1,
+    max_iter: int = 500,
+    rank: int | str = "auto",
+    cosine: bool = True,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Audit ``model`` (channels in ``layout``) on the test files ``data`` for every group
+    spec (module docstring). ``channel_rms``: the SMSE scales `(C,)`; default the model's own
+    ``channel_rms``, else the RMS of the loaded test trajectories (vectors sharing one scale).
+    ``name`` and ``weights`` identify the model in audit.json. Returns the audit directory."""
+    from symaudit.data.stats import channel_rms as data_rms
+    from symaudit.diagnostics._params import model_checksum
+    from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
+    from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
+    from symaudit.groups import from_spec
+    from symaudit.training import SMSE
+
+    say = log or (lambda _m: None)
+    out = Path(out)
+    if not groups:
+        raise AuditError("no groups to audit: pass e.g. --group d4")
+    if not data:
+        raise AuditError("no test data: pass --test-data FILE")
+    if test_batches < 1 or per_family < 1:
+        raise AuditError("test_batches and per_family must be positive")
+    model = model.to(device).eval()
+    test, periodic = _load_test_set(
+        data, layout, test_batches * per_family, snapshots, resolution, orientation
+    )
+    rms_source = "model"
+    if channel_rms is None:
+        channel_rms = model_channel_rms(model)
+    if channel_rms is None:
+        channel_rms = data_rms(torch.cat(list(test.families.values()), 1), layout)
+        rms_source = "test data"
+    res = tuple(next(iter(test.families.values())).shape[-2:])
+    dt = float(test.times[1] - test.times[0])
+    built = {spec: from_spec(spec, layout, resolution=res, dt=dt) for spec in groups}
+    for spec, group in built.items():
+        _check_boundaries(spec, group, periodic)
+
+    checksum = model_checksum(model)
+    settings = {
+        "groups": list(groups),
+        "damping": damping,
+        "damping_sweep": list(damping_sweep or []),
+        "rtol": rtol,
+        "test_batches": test_batches,
+        "per_family": per_family,
+        "test_data": test.sources,
+        "metric_batch": "test",
+        "max_iter": max_iter,
+        "rank": rank,
+        "cosine": cosine,
+        "layout": layout.to_dict(),
+        "channel_rms": [float(v) for v in channel_rms],
+        "channel_rms_source": rms_source,
+    }
+    meta = {
+        "format": AUDIT_FORMAT,
+        "run": {"dir": None, "weights": weights, "seed": 0, "model_checksum": checksum},
+        "model": {
+            "preset": name,
+            "architecture": "foreign",
+            "num_parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "settings": settings,
+        "settings_digest": settings_digest([settings, checksum]),
+        "device": str(device),
+        "times": test.times.tolist(),
+        "families": list(test.families),
+        "complete": False,
+    }
+    _start(out, meta, overwrite)
+    loss = SMSE(torch.as_tensor(channel_rms, dtype=torch.float64)).to(device)
+    if not (out / "test_errors.json").exists():
+        say("test errors vs persistence")
+        atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
+    n_times = test.times.numel()
+    pieces: dict[str, list[dict]] = {}
+    for spec, group in built.items():
+        step = n_times - 2 if _moves(group) else 0
+        pieces[spec] = []
+        for k in range(test_batches):
+            where = Path(_group_dir(spec)) / f"batch{k}"
+            piece = {
+                "equivariance": str(where / "equivariance.pt"),
+                "influence": str(where / "influence.pt"),
+                "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(damping_sweep or []))],
+                "time_index": step,
+                "time": float(test.times[step]),
+            }
+            pieces[spec].append(piece)
+            batch = test.batch(k, per_family, step)
+            tag = f"{spec} batch {k + 1}/{test_batches} (t = {piece['time']:.3g})"
+            if not _loads(EquivarianceResult, out / piece["equivariance"]):
+                say(f"{tag}: equivariance errors")
+                equivariance_error(model, batch, group, loss, device=device).save(
+                    out / piece["equivariance"]
+                )
+            need = [piece["influence"], *piece["sweep"]]
+            if all(_loads(InfluenceResult, out / p) for p in need):
+                continue
+            say(f"{tag}: influence, |G| = {len(group)}, N = {batch[0].shape[0]}")
+            t0 = time.perf_counter()
+            results = influence_sweep(
+                model,
+                loss,
+                batch,
+                group,
+                dampings=[damping, *settings["damping_sweep"]],
+                rtol=rtol,
+                max_iter=max_iter,
+                rank=rank,
+                cosine=cosine,
+                progress=progress,
+            )
+            for p, r in zip(need, results, strict=True):
+                r.settings["audit"] = {"group_spec": spec, "batch": k, "time_index": step}
+                r.save(out / p)
+            say(f"{tag}: influence done in {time.perf_counter() - t0:.1f} s")
+    meta["pieces"] = pieces
+    meta["complete"] = True
+    atomic_write_json(out / "audit.json", meta)
+    return out
+
+
+def _moves(group) -> bool:
+    from symaudit.groups import translation_axes
+
+    return bool(translation_axes(group.spec))
+
+
+def _start(out: Path, meta: dict, overwrite: bool) -> None:
+    """Write audit.json, refusing (or with ``overwrite`` clearing) an audit with other
+    settings in ``out``."""
+    path = out / "audit.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if old.get("settings_digest") != meta["settings_digest"]:
+            if not overwrite:
+                raise AuditError(
+                    f"{out} holds an audit with other settings or another model; use another "
+                    "--out or --overwrite"
+                )
+            for p in [*sorted(out.rglob("*.pt")), out / "test_errors.json"]:
+                p.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, meta)
