@@ -40,6 +40,7 @@ from torch import nn
 
 from symaudit._io import atomic_write_text
 from symaudit.data.transitions import TransitionData, load_transitions, parse_snapshots
+from symaudit.errors import SymauditError
 from symaudit.groups import Dihedral4
 from symaudit.models import build_from_config, model_config
 from symaudit.training.checkpoint import (
@@ -51,13 +52,25 @@ from symaudit.training.checkpoint import (
 )
 from symaudit.training.loss import SMSE
 
-__all__ = ["AUGMENTATIONS", "TrainConfig", "TrainResult", "evaluate", "family_weights", "train"]
+__all__ = [
+    "AUGMENTATIONS",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "evaluate",
+    "family_weights",
+    "train",
+]
 
 AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 # Settings that may differ between a run and its resumption (they do not change the result).
 _RESUMABLE_DIFFERENCES = {"device", "checkpoint_every"}
+
+
+class TrainingError(SymauditError, RuntimeError):
+    """Training cannot continue (a non-finite loss or gradient)."""
 
 
 @dataclass
@@ -104,6 +117,10 @@ class TrainConfig:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
         if not (math.isfinite(self.balance) and self.balance >= 0):
             raise ValueError(f"balance must be a finite number >= 0, got {self.balance!r}")
         parse_snapshots(self.snapshots)  # validates
@@ -416,6 +433,7 @@ def train(
                     group["lr"] = _lr(config, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                _check_step(model, loss, epoch, b, ckpt_path)
                 optimizer.step()
                 step += 1
                 steps_run += 1
@@ -474,6 +492,24 @@ def train(
             if stop_after_steps is not None and steps_run >= stop_after_steps:
                 break
     return TrainResult(model, history, ckpt_path, epochs_run, samples_seen)
+
+
+def _check_step(model: nn.Module, loss: torch.Tensor, epoch: int, batch: int, ckpt: Path) -> None:
+    """Stop before a non-finite loss or gradient reaches the parameters.
+
+    Gradients are checked after DDP's all-reduce, so every rank stops at the same step; the
+    step is not taken and nothing is saved, so the last checkpoint stays the last good one.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
+        return
+    kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was saved"
+    raise TrainingError(
+        f"non-finite training loss {float(loss):.4g} (gradient norm {float(norm):.4g}) at "
+        f"epoch {epoch + 1}, batch {batch + 1}: stopped before the update; {kept}. Check the "
+        "data for NaN/inf and lower --lr"
+    )
 
 
 def _progress(enabled: bool):
