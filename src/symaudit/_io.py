@@ -134,28 +134,45 @@ def _feed(h: Any, obj: Any) -> None:
 def exclusive(path: str | os.PathLike) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (a file or directory being written) for the block.
 
-    The lock lives in a hidden ``.NAME.lock`` beside it and dies with the process, so a
-    killed run never blocks the next one; a second live writer gets `BusyError` at once
-    instead of overwriting the first one's work.
+    The lock is a hidden ``.NAME.lock`` beside it, removed on exit; the kernel releases it
+    when the process dies, so a killed run never blocks the next one, while a second live
+    writer gets `BusyError` at once instead of overwriting the first one's work.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a+") as f:
+    f = _acquire(lock, path)
+    try:
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # still holding the lock: no one else can own this inode
+        f.close()
+
+
+def _acquire(lock: Path, path: Path) -> Any:
+    while True:
+        f = open(lock, "a+")  # noqa: SIM115 (returned open: the lock lives as long as the file)
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "unknown"
+            f.close()
             raise BusyError(
                 f"{path} is being written by another symaudit process (pid {holder}); "
                 "wait for it to finish or stop it first"
             ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        yield
+        try:
+            same = os.fstat(f.fileno()).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else its previous holder removed it after we opened it: try again
+            f.seek(0)
+            f.truncate()
+            return f
+        f.close()
 
 
 def _old_name(final: Path) -> Path:

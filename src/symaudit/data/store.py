@@ -31,8 +31,8 @@ import torch
 
 from symaudit._finite import require_finite
 from symaudit._io import atomic_path
-from symaudit.errors import SymauditError
 from symaudit.data.stats import RunningRMS
+from symaudit.errors import SymauditError
 from symaudit.fields import FieldLayout, LayoutError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Dataset", "DatasetError", "open_dataset", "write_dataset"]

@@ -6,8 +6,8 @@ from symaudit.training.loss import SMSE
 from symaudit.training.trainer import (
     AUGMENTATIONS,
     TrainConfig,
-    TrainResult,
     TrainingError,
+    TrainResult,
     evaluate,
     family_weights,
     train,

@@ -120,7 +120,9 @@ class TrainConfig:
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+            raise ValueError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
         if not (math.isfinite(self.balance) and self.balance >= 0):
             raise ValueError(f"balance must be a finite number >= 0, got {self.balance!r}")
         parse_snapshots(self.snapshots)  # validates
