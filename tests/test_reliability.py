@@ -126,3 +126,126 @@ def test_written_files_honour_the_umask(tmp_path):
         os.umask(old)
     for name in ("a.txt", "b.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o664
+
+
+# ---- training: non-finite steps, corrupt and unwritable checkpoints, bad learning rates ---
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from test_transitions import write_smooth_dataset
+
+    d = tmp_path_factory.mktemp("data")
+    write_smooth_dataset(d / "a.h5", n=4, t=4, h=16, seed=0)
+    return d
+
+
+def _train_args(data, out, *extra):
+    return ("train", "--model", "unet-tiny", "--data", data, "--out", out, "--epochs", "2",
+            "--batch-size", "4", "--quiet", *extra)  # fmt: skip
+
+
+def _first_epoch(data, out):
+    from symaudit.training import TrainConfig, train
+
+    cfg = TrainConfig(model="unet-tiny", data=[str(data)], epochs=2, batch_size=4)
+    train(cfg, out, progress=False, stop_after=1)
+    return (out / "checkpoint.pt").read_bytes()
+
+
+def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_good_checkpoint(
+    tiny_data, tmp_path, monkeypatch
+):
+    from symaudit.training import SMSE, load_checkpoint
+
+    good = _first_epoch(tiny_data, tmp_path / "run")
+    real = SMSE.per_sample
+    monkeypatch.setattr(SMSE, "per_sample", lambda self, a, b: real(self, a, b) * torch.nan)
+    result = _cli(*_train_args(tiny_data, tmp_path / "run"))
+    _one_line_error(result, "non-finite training loss nan", "epoch 2, batch 1", "checkpoint.pt")
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == good
+    model, info = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert info.epoch == 1 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("lr", ["0", "inf", "nan", "-1"])
+def test_learning_rate_must_be_positive_and_finite(tiny_data, tmp_path, lr):
+    result = _cli(*_train_args(tiny_data, tmp_path / "run", "--lr", lr))
+    _one_line_error(result, "lr must be a finite number > 0")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_non_finite_training_data_is_refused_naming_the_place(tmp_path):
+    from test_transitions import write_smooth_dataset
+
+    write_smooth_dataset(tmp_path / "a.h5", n=4, t=4, h=16)
+    with h5py.File(tmp_path / "a.h5", "r+") as f:
+        f["fields"][1, 2, 0, 0, 0] = np.inf
+    result = _cli(*_train_args(tmp_path / "a.h5", tmp_path / "run"))
+    _one_line_error(result, "a.h5", "inf at trajectory 1, snapshot 2")
+
+
+def _flip_weights(path, count: int = 64) -> None:
+    """Flip ``count`` bytes in the middle of the largest tensor record of a torch zip file
+    (the archive stays readable: only the numbers change)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    header = info.header_offset
+    name_len, extra_len = (
+        int.from_bytes(raw[header + 26 : header + 28], "little"),
+        int.from_bytes(raw[header + 28 : header + 30], "little"),
+    )
+    start = header + 30 + name_len + extra_len + info.file_size // 2 - count // 2
+    for k in range(start, start + count):
+        raw[k] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_corrupt_checkpoint_is_refused_not_trained_on(tiny_data, tmp_path):
+    from symaudit.training import CheckpointError, load_checkpoint
+
+    _first_epoch(tiny_data, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    _flip_weights(ckpt)
+    corrupt = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="checkpoint is corrupt"):
+        load_checkpoint(ckpt)
+    _one_line_error(_cli(*_train_args(tiny_data, tmp_path / "run")), "checkpoint is corrupt")
+    assert ckpt.read_bytes() == corrupt  # not overwritten by a NaN run
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoint(
+    tiny_data, tmp_path, monkeypatch
+):
+    good = _first_epoch(tiny_data, tmp_path / "run")
+    monkeypatch.setattr(_io, "_write_bytes", _enospc)
+    result = _cli(*_train_args(tiny_data, tmp_path / "run"))
+    _one_line_error(result, "checkpoint.pt: No space left on device")
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == good
+    assert not [p for p in os.listdir(tmp_path / "run") if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("command", ["train", "audit", "report", "reproduce"])
+def test_out_that_is_a_regular_file_is_one_line(tiny_data, tmp_path, command):
+    out = tmp_path / "taken"
+    out.write_text("not a directory")
+    args = {
+        "train": _train_args(tiny_data, out),
+        "audit": ("audit", "--run", tmp_path, "--group", "d4", "--out", out),
+        "report": ("report", tmp_path, "--out", out),
+        "reproduce": ("reproduce", "--preset", "micro", "--out", out, "--quiet"),
+    }[command]
+    _one_line_error(_cli(*args), "taken")
+    assert out.read_text() == "not a directory"
+
+
+def test_read_only_output_directory_is_one_line(tiny_data, tmp_path, monkeypatch):
+    def read_only(path, data):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    # root ignores chmod, so the refusal is injected where every file is written
+    monkeypatch.setattr(_io, "_write_bytes", read_only)
+    _one_line_error(_cli(*_train_args(tiny_data, tmp_path / "run")), "Permission denied")

@@ -34,6 +34,7 @@ __all__ = [
     "atomic_torch_save",
     "atomic_write_json",
     "atomic_write_text",
+    "check_output_dir",
     "exclusive",
     "load_result_payload",
     "payload_digest",
@@ -75,6 +76,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600: results must be shareable
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename not in (None, str(tmp)):
+            raise
+        # name the file the user asked for, not our temporary (a full disk says neither)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -173,6 +179,23 @@ def _acquire(lock: Path, path: Path) -> Any:
             f.truncate()
             return f
         f.close()
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Fail early, naming the culprit, if ``path`` cannot become a directory: it, or the
+    nearest existing folder above it, is a regular file."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = (
+                    "is a file, not a directory"
+                    if p == path
+                    else f"is a file, not a folder for {path}"
+                )
+                raise NotADirectoryError(errno.ENOTDIR, what, str(p))
+            break
+    return path
 
 
 def _old_name(final: Path) -> Path:

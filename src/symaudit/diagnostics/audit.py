@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from symaudit._io import atomic_write_json
+from symaudit._io import atomic_write_json, check_output_dir
 
 __all__ = [
     "DAMPING_SWEEP",
@@ -308,7 +308,7 @@ def run_audit(
 
     say = log or (lambda _m: None)
     run = Path(run_dir)
-    out = Path(out)
+    out = check_output_dir(out)
     if not groups:
         raise AuditError("no groups to audit: pass e.g. --group d4")
     if test_batches < 1 or per_family < 1:

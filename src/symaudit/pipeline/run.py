@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symaudit._io import atomic_write_json
+from symaudit._io import atomic_write_json, check_output_dir
 from symaudit.diagnostics.audit import settings_digest
 from symaudit.pipeline.presets import PRESETS, StudyPreset
 
@@ -232,7 +232,7 @@ def reproduce(
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
-    out = Path(out)
+    out = check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
     units = plan(preset, out, device=device)

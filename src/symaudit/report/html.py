@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from symaudit._io import atomic_write_json, atomic_write_text
+from symaudit._io import atomic_write_json, atomic_write_text, check_output_dir
 from symaudit.report.figures import COLOURS, make_figures
 from symaudit.report.findings import findings, load_study, readings, summary
 
@@ -56,7 +56,7 @@ def _fmt(x: float | None) -> str:
 def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Figures (PNG + SVG), ``report.json`` (every number shown) and ``index.html`` in ``out``
     from the given audit directories. Returns the HTML path."""
-    out = Path(out)
+    out = check_output_dir(out)
     study = load_study(audit_dirs)
     figs = make_figures(study, out)
     numbers = summary(study)

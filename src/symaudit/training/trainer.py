@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from symaudit._io import atomic_write_text
+from symaudit._io import atomic_write_text, check_output_dir
 from symaudit.data.transitions import TransitionData, load_transitions, parse_snapshots
 from symaudit.errors import SymauditError
 from symaudit.groups import Dihedral4
@@ -298,7 +298,7 @@ def train(
     interruption, after any checkpoint due at that point). Uses the initialised
     `torch.distributed` process group if there is one (see module docstring).
     """
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     say = log if (log is not None and rank == 0) else (lambda _m: None)
     device = torch.device(config.device)
