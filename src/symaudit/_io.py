@@ -38,6 +38,7 @@ __all__ = [
     "exclusive",
     "load_result_payload",
     "payload_digest",
+    "prepare_stage",
     "replace_dir",
     "staged_dir",
     "staging_path",
@@ -250,21 +251,25 @@ def staging_path(final: str | os.PathLike) -> Path:
     return final.with_name(final.name + ".partial")
 
 
-@contextlib.contextmanager
-def staged_dir(final: str | os.PathLike, *, fresh: bool = True) -> Iterator[Path]:
-    """Yield a directory beside ``final`` to build a replacement in; swap it in on normal exit.
-
-    ``fresh=False`` keeps what an interrupted build left there (the caller resumes it). An
-    exception or a kill leaves ``final`` as it was.
-    """
+def prepare_stage(final: str | os.PathLike, keep: bool = False) -> Path:
+    """The directory ``FINAL.partial`` to build a replacement of ``final`` in, created empty
+    (``keep=True``: with what an interrupted build left there, to resume it)."""
     final = Path(final)
     if final.exists() and not final.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(final))
     _recover(final)
     build = staging_path(final)
-    if fresh and build.exists():
+    if not keep and build.exists():
         shutil.rmtree(build)
     build.mkdir(parents=True, exist_ok=True)
+    return build
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty directory beside ``final``; on normal exit it replaces ``final`` as a
+    whole (`replace_dir`). An exception or a kill leaves ``final`` as it was."""
+    build = prepare_stage(final)
     yield build
     replace_dir(build, final)
 

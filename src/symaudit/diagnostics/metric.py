@@ -210,7 +210,13 @@ class MetricOperator:
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """f_theta(x) with the selected parameters taken from the flat ``theta``."""
-        return functional_call(self.model, (self.space.unflatten(theta), self._frozen), (x,))
+        y = functional_call(self.model, (self.space.unflatten(theta), self._frozen), (x,))
+        if not isinstance(y, torch.Tensor):  # else torch.func fails with an internal error
+            raise ValueError(
+                f"the model's forward must return one tensor shaped like its input, got "
+                f"{type(y).__name__}"
+            )
+        return y
 
     def jacobian_vector(self, V: torch.Tensor) -> torch.Tensor:
         """J V: `(P, k)` -> `(k, n, C, H, W)`."""

@@ -508,7 +508,7 @@ def _check_step(model: nn.Module, loss: torch.Tensor, epoch: int, batch: int, ck
         return
     kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was saved"
     raise TrainingError(
-        f"non-finite training loss {float(loss):.4g} (gradient norm {float(norm):.4g}) at "
+        f"non-finite training loss {float(loss.detach()):.4g} (gradient norm {float(norm):.4g}) at "
         f"epoch {epoch + 1}, batch {batch + 1}: stopped before the update; {kept}. Check the "
         "data for NaN/inf and lower --lr"
     )
