@@ -6,7 +6,10 @@ from __future__ import annotations
 import errno
 import importlib
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -249,3 +252,137 @@ def test_read_only_output_directory_is_one_line(tiny_data, tmp_path, monkeypatch
     # root ignores chmod, so the refusal is injected where every file is written
     monkeypatch.setattr(_io, "_write_bytes", read_only)
     _one_line_error(_cli(*_train_args(tiny_data, tmp_path / "run")), "Permission denied")
+
+
+# ---- interrupted overwrites keep the old result: SIGKILL at chosen points ------------------
+
+
+def _killed_cli(patch: str, *argv) -> None:
+    """Run the CLI in a subprocess after ``patch`` (code that arms a SIGKILL somewhere);
+    assert it died by that signal."""
+    script = "\n".join(
+        [
+            "import os, signal, sys",
+            "def die(*a, **k):",
+            "    os.kill(os.getpid(), signal.SIGKILL)",
+            patch,
+            "from symaudit.cli import main",
+            f"sys.argv = ['symaudit', *{[str(a) for a in argv]!r}]",
+            "main()",
+        ]
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def _tree(path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()
+    }
+
+
+_DIE_AT_SWAP = "import symaudit._io as io; io.replace_dir = die"
+_DIE_MID_SWAP = (  # no RENAME_EXCHANGE: killed between moving the old result aside and the new in
+    "import symaudit._io as io\n"
+    "def no_exchange(a, b): raise OSError(38, 'unsupported')\n"
+    "io._exchange = no_exchange\n"
+    "real, calls = os.rename, []\n"
+    "def rename(a, b):\n"
+    "    calls.append(a)\n"
+    "    if len(calls) == 2: die()\n"
+    "    real(a, b)\n"
+    "io.os.rename = rename"
+)
+
+
+@pytest.fixture(scope="module")
+def audited_run(tiny_data, tmp_path_factory):
+    """A one-epoch tiny run with a complete C4 audit."""
+    from symaudit.diagnostics.audit import run_audit
+    from symaudit.training import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("audited")
+    cfg = TrainConfig(model="unet-tiny", data=[str(tiny_data)], epochs=1, batch_size=4,
+                      val_fraction=0.5)  # fmt: skip
+    train(cfg, root / "run", progress=False)
+    run_audit(root / "run", ["c4"], out=root / "audit", test_batches=1, cosine=False)
+    return root
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        "from symaudit.diagnostics.equivariance import EquivarianceResult as E\n"
+        "real = E.save\n"
+        "def save(self, path):\n"
+        "    real(self, path); die()\n"
+        "E.save = save",
+        _DIE_MID_SWAP,
+    ],
+    ids=["after-first-piece", "between-renames"],
+)
+def test_killed_audit_overwrite_keeps_the_old_audit(audited_run, tmp_path, patch):
+    import shutil
+
+    from symaudit._io import prepare_stage
+    from symaudit.diagnostics.audit import load_audit
+
+    out = tmp_path / "audit"
+    shutil.copytree(audited_run / "audit", out)
+    before = _tree(out)
+    args = ("audit", "--run", audited_run / "run", "--group", "d4", "--out", out,
+            "--test-batches", "1", "--no-cosine", "--overwrite", "--quiet")  # fmt: skip
+    _killed_cli(patch, *args)
+    prepare_stage(out, keep=True)  # what the next run does first (undoes a half swap)
+    assert _tree(out) == before
+    assert list(load_audit(out).equivariance) == ["c4"]
+    result = _cli(*args)  # the rerun finishes the new audit and swaps it in
+    assert result.exit_code == 0, result.output
+    assert list(load_audit(out).equivariance) == ["d4"]
+    assert sorted(os.listdir(tmp_path)) == ["audit"]
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        "import matplotlib.figure as mf\n"
+        "real, n = mf.Figure.savefig, []\n"
+        "def savefig(self, *a, **k):\n"
+        "    n.append(1); real(self, *a, **k)\n"
+        "    if len(n) == 3: die()\n"
+        "mf.Figure.savefig = savefig",
+        _DIE_AT_SWAP,
+    ],
+    ids=["after-three-figures", "before-swap"],
+)
+def test_killed_report_rewrite_keeps_the_old_report(tmp_path, patch):
+    from symaudit._io import prepare_stage
+    from symaudit.report import build_report
+    from test_report import _study
+
+    dirs = _study(tmp_path, vit_better=True)
+    out = tmp_path / "report"
+    build_report(dirs[:2], out)
+    before = _tree(out)
+    _killed_cli(patch, "report", *dirs, "--out", out)
+    prepare_stage(out, keep=True)
+    assert _tree(out) == before  # not one new figure mixed in
+
+
+def test_report_counts_a_directory_named_twice_once_and_refuses_one_checkpoint_twice(tmp_path):
+    import json
+
+    from symaudit.report import build_report, collect
+    from test_report import _study
+
+    unet, vit, _ = _study(tmp_path, vit_better=True)
+    build_report([unet, unet, vit, tmp_path / "vit" / ".." / "unet"], tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["audits"] == [str(unet), str(vit)]
+    for d in (unet, vit):
+        meta = json.loads((d / "audit.json").read_text())
+        meta["run"]["checkpoint_sha256"] = "same"
+        (d / "audit.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="audit the same checkpoint"):
+        collect([unet, vit])
