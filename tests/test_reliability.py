@@ -386,3 +386,90 @@ def test_report_counts_a_directory_named_twice_once_and_refuses_one_checkpoint_t
         (d / "audit.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="audit the same checkpoint"):
         collect([unet, vit])
+
+
+# ---- audits: non-finite models, oversized metric batches, other grids, tuple outputs ------
+
+
+def _nan_run(audited_run, tmp_path):
+    """A copy of the audited run whose weights are NaN (a diverged run, checksum valid)."""
+    from symaudit.training.checkpoint import read_checkpoint, save_checkpoint
+
+    data = read_checkpoint(audited_run / "run" / "checkpoint.pt")
+    data["model_state"] = {k: v * torch.nan if v.is_floating_point() else v
+                           for k, v in data["model_state"].items()}  # fmt: skip
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", data)
+    return tmp_path / "run"
+
+
+def test_audit_refuses_a_model_with_non_finite_outputs(audited_run, tmp_path):
+    run = _nan_run(audited_run, tmp_path)
+    result = _cli("audit", "--run", run, "--group", "c4", "--out", tmp_path / "a", "--quiet")
+    _one_line_error(result, "one-step predictions", "not finite")
+    assert not (tmp_path / "a" / "c4").exists()
+
+
+def test_metric_batch_larger_than_the_distinct_transitions_is_refused(audited_run, tmp_path):
+    # 2 training trajectories x 3 transitions = 6 distinct states
+    args = ("audit", "--run", audited_run / "run", "--group", "c4", "--out", tmp_path / "a",
+            "--test-batches", "1", "--quiet", "--metric-batch")  # fmt: skip
+    _one_line_error(_cli(*args, "train:7"), "train:7", "6 distinct training transitions")
+
+
+def test_test_data_on_another_grid_is_refused(audited_run, tmp_path):
+    from test_transitions import write_smooth_dataset
+
+    write_smooth_dataset(tmp_path / "coarse.h5", n=2, t=4, h=32)
+    result = _cli("audit", "--run", audited_run / "run", "--group", "c4", "--out",
+                  tmp_path / "a", "--test-data", tmp_path / "coarse.h5", "--quiet")  # fmt: skip
+    _one_line_error(result, "coarse.h5 is on a 32x32 grid", "trained on 16x16")
+
+
+def test_influence_of_a_model_returning_a_tuple_is_a_clear_error():
+    from symaudit import SMSE, diagnostics, groups
+    from symaudit.fields import FieldLayout
+
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            return self.conv(x), x
+
+    x = torch.rand(2, 4, 4, 4) + 0.5
+    layout = FieldLayout.euler()
+    with pytest.raises(ValueError, match="must return one tensor shaped like its input, got tuple"):
+        diagnostics.influence(Pair(), SMSE(torch.ones(4)), (x, x), groups.Dihedral4(layout))
+
+
+# ---- reproduce: a unit is unchanged only if its outputs still match its manifest ----------
+
+
+def test_reproduce_redoes_units_whose_outputs_were_truncated_or_deleted(tmp_path):
+    from symaudit.pipeline import reproduce
+    from symaudit.pipeline.presets import ModelPlan, StudyPreset
+    from symaudit.training import load_checkpoint
+
+    nano = StudyPreset(
+        name="nano", families=("ce-rp",), resolution=16, train_trajectories=2,
+        test_trajectories=1, snapshots=3, t_final=0.1,
+        models=(ModelPlan("unet-tiny", epochs=1, batch_size=2, lr=1e-3),), seeds=(0,),
+        groups=("d4",), test_batches=1, max_iter=50,
+    )  # fmt: skip
+    first = reproduce(nano, tmp_path, progress=False)
+    assert first.skipped == []
+    data = tmp_path / "data" / "train" / "ce-rp.h5"
+    with open_dataset(data) as ds:
+        fields = ds.read()
+    with open(data, "r+b") as f:
+        f.truncate(data.stat().st_size // 2)
+    (tmp_path / "runs" / "unet-tiny-s0" / "checkpoint.pt").unlink()
+    second = reproduce(nano, tmp_path, progress=False)
+    assert "generate/train/ce-rp" in second.ran and "train/unet-tiny-s0" in second.ran
+    assert "generate/test/ce-rp" in second.skipped
+    with open_dataset(data) as ds:
+        assert torch.equal(ds.read(), fields)
+    load_checkpoint(tmp_path / "runs" / "unet-tiny-s0" / "checkpoint.pt")
+    third = reproduce(nano, tmp_path, progress=False)
+    assert third.ran == []
