@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 import torch
 
-from symaudit._io import atomic_path, exclusive
+from symaudit._io import atomic_path, check_output_dir, exclusive
 from symaudit.data.stats import RunningRMS
 from symaudit.data.store import create_file
 from symaudit.errors import SymauditError
@@ -270,6 +270,7 @@ def generate(
         raise GenerationError(f"output {out} is a directory; give a file name such as data.h5")
     if out.exists() and not overwrite:
         raise GenerationError(f"{out} already exists; pass --overwrite to replace it")
+    check_output_dir(out.parent)
     with exclusive(out):
         partial = _prepare_partial(settings, out, overwrite)
         _check_step_count(settings, batch_size)
