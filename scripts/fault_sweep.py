@@ -4,7 +4,7 @@
 
 Each case runs one CLI command in-process on a tiny dataset/run/audit built in a temporary
 directory and is classified as: "error" (exit != 0, one `error:` line, no traceback), "ok"
-(exit 0), or "TRACEBACK" (an exception escaped). The expected outcome of every case is given;
+(exit 0), "TRACEBACK" (an exception escaped) or "HANG" (still running after 60 s). The expected outcome of every case is given;
 a case whose outcome differs is marked with "!!". Interrupted writes (SIGKILL) and full disks
 are exercised by tests/test_reliability.py, not here.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -230,7 +231,13 @@ def _cases(p: dict[str, Path]) -> list[tuple[str, list, str]]:
     ]
 
 
+def _timeout(*_args) -> None:
+    raise TimeoutError("still running after 60 s")
+
+
 def _classify(result) -> str:
+    if isinstance(result.exception, TimeoutError):
+        return "HANG"
     if result.exit_code == 0:
         return "ok"
     if result.exception is not None and not isinstance(result.exception, SystemExit):
@@ -247,8 +254,11 @@ def main() -> int:
         p = _setup(root)
         shutil.copytree(p["audit"], root / "audit2")  # the same checkpoint audited twice
         runner, tally, wrong = CliRunner(), {}, 0
+        signal.signal(signal.SIGALRM, _timeout)
         for name, argv, expected in _cases(p):
+            signal.alarm(60)
             res = runner.invoke(app, [str(a) for a in argv])
+            signal.alarm(0)
             got = _classify(res)
             tally[got] = tally.get(got, 0) + 1
             mark = "  " if got == expected else "!!"
