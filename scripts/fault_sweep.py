@@ -4,9 +4,9 @@
 
 Each case runs one CLI command in-process on a tiny dataset/run/audit built in a temporary
 directory and is classified as: "error" (exit != 0, one `error:` line, no traceback), "ok"
-(exit 0), "TRACEBACK" (an exception escaped) or "HANG" (still running after 60 s). The expected outcome of every case is given;
-a case whose outcome differs is marked with "!!". Interrupted writes (SIGKILL) and full disks
-are exercised by tests/test_reliability.py, not here.
+(exit 0), "TRACEBACK" (an exception escaped) or "HANG" (still running after 60 s). The
+expected outcome of every case is given; a case whose outcome differs is marked with "!!".
+Interrupted writes (SIGKILL) and full disks are exercised by tests/test_reliability.py.
 """
 
 from __future__ import annotations
