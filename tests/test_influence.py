@@ -21,7 +21,7 @@ from symaudit.diagnostics.influence import (
     influence,
     influence_sweep,
 )
-from symaudit.diagnostics.krylov import ConvergenceWarning
+from symaudit.diagnostics.krylov import ConvergenceWarning, PrecisionWarning
 from symaudit.diagnostics.metric import MetricOperator, dense_eta
 from symaudit.groups import Dihedral4, GalileanBoost, Translations
 
@@ -150,6 +150,30 @@ def test_non_convergence_is_loud_and_recorded():
     assert res.reports["test"]["converged"] == [False, False]
     assert min(res.reports["test"]["residuals"]) > RTOL
     assert res.reports["test"]["iterations"] == [2, 2]
+
+
+def test_residuals_carry_their_attainable_accuracy(tmp_path):
+    """Every solve records, next to each residual, eps (||chi|| ||u|| / ||b|| + 1) in the
+    working precision, with ||chi|| = lambda + lambda_max(eta); a float32 audit whose rtol is
+    below eps32 (kappa + 1) is warned about before the solve."""
+    m32, lossfn = make("conv", dtype=torch.float32), loss()
+    xt, xt1 = batch(2, 8)
+    test = (xt.float(), xt1.float())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = influence(m32, lossfn, test, list(D4)[:2], damping="auto:1e-6", max_iter=3)
+    kinds = {type(w.message) for w in caught}
+    assert {PrecisionWarning, ConvergenceWarning} <= kinds  # before the solve, and after it
+    eps = torch.finfo(torch.float32).eps
+    top = res.spectrum["top_eigenvalue"]
+    for rep in res.reports.values():
+        assert len(rep["attainable"]) == len(rep["residuals"]) == 2
+        assert rep["eps"] == eps
+        assert rep["operator_norm"] == pytest.approx(res.damping + top, rel=1e-12)
+        kappa = rep["operator_norm"] / res.damping
+        assert all(eps <= a <= eps * (kappa + 1) * (1 + 1e-6) for a in rep["attainable"])
+    saved = InfluenceResult.load(res.save(tmp_path / "r.pt"))
+    assert saved.reports["test"]["attainable"] == res.reports["test"]["attainable"]
 
 
 def test_save_load_roundtrip_and_corrupt_files(tmp_path):

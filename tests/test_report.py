@@ -5,6 +5,7 @@ page renders in a real headless browser."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -280,7 +281,10 @@ def test_a_defective_control_fails_f5(tmp_path):
     assert _status(dirs)["F5"] == "not reproduced"
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian chromium not installed")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None and not os.environ.get("SYMAUDIT_REQUIRE_BROWSER"),
+    reason="Debian chromium not installed (.ci/run installs it and requires this test)",
+)
 def test_report_renders_in_headless_chromium(tmp_path):
     html = build_report(_study(tmp_path / "d", vit_better=True), tmp_path / "rd")
     script = Path(__file__).parents[1] / "scripts" / "screenshot_report.sh"

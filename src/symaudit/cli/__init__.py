@@ -9,7 +9,15 @@ from symaudit.cli._app import app
 # isort: split
 # Each import below registers one command (or a few) on `app`.
 # (command modules are added here as they are written)
-from symaudit.cli import audit, generate, models, report, reproduce, train  # noqa: E402,F401
+from symaudit.cli import (  # noqa: E402,F401
+    audit,
+    estimate,
+    generate,
+    models,
+    report,
+    reproduce,
+    train,
+)
 
 __all__ = ["app", "main"]
 

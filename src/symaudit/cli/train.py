@@ -67,6 +67,13 @@ def train(
             "0 = plain SMSE (the paper), 0.5 = the demo preset."
         ),
     ] = 0.0,
+    data_loading: Annotated[
+        str,
+        typer.Option(
+            help="memory (all snapshots in RAM), stream (read each batch from the files, "
+            "prefetched; RAM bounded by the batch) or auto (stream above 1/4 of the RAM)."
+        ),
+    ] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train an autoregressive emulator with SMSE and Adam; checkpoint every epoch.
@@ -108,6 +115,7 @@ def train(
             device=device,
             model_overrides=dict(_parse_override(o) for o in override or []),
             checkpoint_every=checkpoint_every,
+            data_loading=data_loading,
             balance=balance,
         )
         result = run(config, out, progress=not quiet, log=typer.echo)

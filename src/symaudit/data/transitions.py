@@ -3,8 +3,10 @@
 Trajectories are split into training and validation sets per file (so every initial-condition
 family is represented in both) by a permutation drawn from ``seed``; the split is therefore a
 function of (files, seed, val_fraction) only. The selected snapshots are held in memory as
-float32 `(n, T, C, H, W)` tensors: fine for the CPU-scale datasets this project trains on
-(a 1000 × 16 × 4 × 128² set is 4 GB; beyond that, read per trajectory instead).
+float32 `(n, T, C, H, W)` tensors (a 1000 × 16 × 4 × 128² set is 4 GB), or, with
+``stream=True``, read from the files on demand by `symaudit.data.stream.StreamedTrajectories`
+(same split, same values, memory bounded by the batch: the paper's 15,000 trajectories are
+~83 GB).
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ import torch
 from symaudit.data.store import DatasetError, open_dataset
 from symaudit.fields import FieldLayout
 
-__all__ = ["TransitionData", "expand_paths", "load_transitions", "parse_snapshots"]
+__all__ = [
+    "TransitionData",
+    "expand_paths",
+    "load_transitions",
+    "parse_snapshots",
+    "selected_nbytes",
+]
 
 Snapshots = str | int | slice | Sequence[int] | None
 
@@ -69,7 +77,7 @@ class TransitionData:
     and the checkpoint need: the layout, the snapshot times, the combined channel RMS, and
     which trajectories of which file went where (``split``: file → (train ids, val ids))."""
 
-    train: torch.Tensor
+    train: torch.Tensor  # or a StreamedTrajectories (same shape, indexing and values)
     val: torch.Tensor
     layout: FieldLayout
     times: torch.Tensor
@@ -89,6 +97,21 @@ class TransitionData:
         return seq[:, 0], seq[:, 1:]
 
 
+def selected_nbytes(
+    data: str | os.PathLike | Sequence[str | os.PathLike], snapshots: Snapshots = None
+) -> int:
+    """Bytes that `load_transitions` would hold in memory (float32 fields, train + val)."""
+    total = 0
+    for path in expand_paths(data):
+        with open_dataset(path) as ds:
+            sel = parse_snapshots(snapshots) if isinstance(snapshots, str | int) else snapshots
+            idx = list(range(ds.num_snapshots))
+            t = len(idx[sel]) if isinstance(sel, slice) else len(idx) if sel is None else len(sel)
+            h, w = ds.resolution
+            total += ds.num_trajectories * t * ds.layout.num_channels * h * w * 4
+    return total
+
+
 def _split(n: int, val_fraction: float, seed: int, file_index: int) -> tuple[list, list]:
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + file_index)
     perm = torch.randperm(n, generator=gen).tolist()
@@ -102,11 +125,13 @@ def load_transitions(
     snapshots: Snapshots = None,
     val_fraction: float = 0.1,
     seed: int = 0,
+    stream: bool = False,
 ) -> TransitionData:
     """Load trajectories from dataset files and split them by trajectory with ``seed``.
 
     ``snapshots``: which snapshots to use (`parse_snapshots` syntax, a slice, or indices);
-    transitions pair consecutive selected snapshots.
+    transitions pair consecutive selected snapshots. ``stream``: do not read the fields now;
+    ``train``/``val`` read them on demand (`symaudit.data.stream`).
 
     All files must share layout, resolution and (selected) snapshot times. The channel RMS is
     the element-count-weighted combination of the files' stored RMS values,
@@ -117,6 +142,7 @@ def load_transitions(
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
     paths = expand_paths(data)
     train, val, split = [], [], {}
+    frame = None
     layout = times = None
     sumsq, count = None, 0
     for i, path in enumerate(paths):
@@ -136,16 +162,28 @@ def load_transitions(
             elif t.shape != times.shape or not torch.allclose(t, times):
                 raise DatasetError(f"{path}: snapshot times differ from those of {paths[0]}")
             tr, va = _split(ds.num_trajectories, val_fraction, seed, i)
-            train.append(ds.read(tr, idx))
-            val.append(ds.read(va, idx) if va else train[-1][:0])
+            frame = (ds.layout.num_channels, *ds.resolution)
+            if stream:
+                train.append((path, tr))
+                val.append((path, va))
+            else:
+                train.append(ds.read(tr, idx))
+                val.append(ds.read(va, idx) if va else train[-1][:0])
             split[str(path)] = (tr, va)
             n = ds.num_trajectories * ds.num_snapshots
             sq = ds.channel_rms.square() * n
             sumsq = sq if sumsq is None else sumsq + sq
             count += n
+    if stream:
+        from symaudit.data.stream import StreamedTrajectories
+
+        tr_data = StreamedTrajectories(train, idx, frame)
+        va_data = StreamedTrajectories(val, idx, frame)
+    else:
+        tr_data, va_data = torch.cat(train), torch.cat(val)
     return TransitionData(
-        train=torch.cat(train),
-        val=torch.cat(val),
+        train=tr_data,
+        val=va_data,
         layout=layout,
         times=times,
         channel_rms=(sumsq / count).sqrt(),

@@ -11,5 +11,10 @@ from symaudit.diagnostics.influence import (  # noqa: F401
     influence,
     influence_sweep,
 )
-from symaudit.diagnostics.krylov import ConvergenceWarning, NystromPreconditioner, cg  # noqa: F401
+from symaudit.diagnostics.krylov import (  # noqa: F401
+    ConvergenceWarning,
+    NystromPreconditioner,
+    PrecisionWarning,
+    cg,
+)
 from symaudit.diagnostics.metric import MetricOperator  # noqa: F401

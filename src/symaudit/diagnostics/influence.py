@@ -69,7 +69,9 @@ class InfluenceResult:
         norms: `(N,)` ||grad C_{x_i}||_{chi^{-1}}.
         transformed_norms: `(|G|, N)` ||grad C_{g x_j}||_{chi^{-1}}, or None without cosine.
         damping: the absolute lambda used.
-        reports: solver reports by phase ("test", "cosine/<element>").
+        reports: solver reports by phase ("test", "cosine"), `SolveReport.to_dict()`: per
+            column the true relative residual and, next to it, its attainable accuracy
+            eps (||chi|| ||u|| / ||b|| + 1) in the working precision.
         timings: seconds by phase.
         settings: model checksum, rtol, metric batch description, group elements, ...
         spectrum: estimates of eta's top and mean eigenvalues.
@@ -536,6 +538,10 @@ def _one_damping(
     cos_reports: list[SolveReport] = []
     times.update(gradients_transformed=0.0, solve=0.0)
     U = q0 = qe0 = None
+    # the spectrum of chi lies in [lambda, lambda_max(eta) + lambda]: the solver warns up front
+    # when rtol is below what the working precision attains for it (krylov.py)
+    top = spectrum.get("top_eigenvalue", spectrum.get("nystrom_top_eigenvalue"))
+    bounds = (lam, lam + top) if top is not None else None
 
     def quad(Bm: torch.Tensor, Xm: torch.Tensor, res: list[float]) -> tuple:
         q = (Bm * Xm).sum(0).double()
@@ -556,6 +562,7 @@ def _one_damping(
             rtol=rtol,
             max_iter=max_iter,
             preconditioner=sketch,
+            eigenvalue_bounds=bounds,
             callback=prog.solve_callback(f"{what} {bi + 1}/{len(blocks)} (λ={lam:.3g})", max_iter),
         )
         times["solve"] += time.perf_counter() - t0

@@ -14,6 +14,20 @@ iteration adds one search direction per active column), which cuts iterations wh
 sides share the dominant eigen-directions, as loss gradients do; same stopping test and report.
 Note: unlike GPyTorch (default tolerance 1 on the *mean* column residual) or pyDVL (stops at
 ||r|| < rtol^2 ||b||), rtol here is exactly the relative residual of each column.
+
+Attainable accuracy. The residual r = b - A x is evaluated in the working precision (unit
+roundoff u = eps/2). Its rounding error obeys ||fl(r) - r|| <= gamma_{n+1} (|| |A| || ||x|| +
+||b||) (Higham, *Accuracy and Stability*, 2nd ed., eq. 3.11), which in practice -- errors that
+accumulate like a random walk, Higham & Mary 2019 -- is of order
+
+    a = eps (||A|| ||x|| / ||b|| + 1)          (relative to ||b||; at most eps (kappa + 1)),
+
+and the true residual of CG stagnates at the same level (Greenbaum 1997, Sec. 7.3). Every
+report records ``attainable`` = a per column (||A|| from the given eigenvalue bounds, else the
+largest Rayleigh quotient the iteration met, a lower bound on ||A|| of its order) next to the
+residual: a reported residual is accurate to about a, and an rtol below a cannot be met. Given
+``eigenvalue_bounds`` the solvers warn (`PrecisionWarning`) before iterating when rtol is below
+the worst case eps (kappa + 1).
 """
 
 from __future__ import annotations
@@ -27,6 +41,7 @@ import torch
 
 __all__ = [
     "ConvergenceWarning",
+    "PrecisionWarning",
     "NystromPreconditioner",
     "SolveReport",
     "block_cg",
@@ -38,6 +53,10 @@ Operator = Callable[[torch.Tensor], torch.Tensor]
 
 class ConvergenceWarning(UserWarning):
     """A Krylov solve stopped before reaching its requested tolerance."""
+
+
+class PrecisionWarning(UserWarning):
+    """The requested tolerance is below what the working precision can attain."""
 
 
 @dataclass
@@ -55,6 +74,10 @@ class SolveReport:
     restarts: int = 0  # columns restarted because the recursive residual had drifted
     seconds: float = 0.0
     history: list[float] = field(default_factory=list)  # max active relative residual per iter
+    # eps (||A|| ||x|| / ||b|| + 1) per column: the accuracy of each residual (module docstring)
+    attainable: list[float] = field(default_factory=list)
+    operator_norm: float = 0.0  # the ||A|| used for `attainable`
+    eps: float = 0.0  # machine epsilon of the working precision
 
     @property
     def all_converged(self) -> bool:
@@ -78,6 +101,9 @@ class SolveReport:
             restarts=self.restarts,
             seconds=self.seconds,
             history=self.history,
+            attainable=[self.attainable[i] for i in columns],
+            operator_norm=self.operator_norm,
+            eps=self.eps,
         )
 
     @staticmethod
@@ -96,6 +122,9 @@ class SolveReport:
             restarts=sum(rep.restarts for rep in reports),
             seconds=sum(rep.seconds for rep in reports),
             history=[h for rep in reports for h in rep.history],
+            attainable=[a for rep in reports for a in rep.attainable],
+            operator_norm=max(rep.operator_norm for rep in reports),
+            eps=reports[0].eps,
         )
 
 
@@ -250,6 +279,7 @@ def cg(
     X0: torch.Tensor | None = None,
     warn: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    eigenvalue_bounds: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, SolveReport]:
     """Solve A X = B column by column with batched products.
 
@@ -261,11 +291,15 @@ def cg(
         preconditioner: SPD operator approximating A^{-1}, on `(P, m)` blocks.
         X0: initial guess (default zero).
         callback: called as ``callback(iteration, relative_residuals)`` after each iteration.
+        eigenvalue_bounds: (a lower bound on A's smallest eigenvalue, an estimate of its
+            largest), e.g. (lambda, lambda_max(eta) + lambda): enables the up-front
+            `PrecisionWarning` and sets the ||A|| of ``attainable`` (module docstring).
 
     Returns: X `(P, k)` and a `SolveReport`.
     """
     vec = B.ndim == 1
-    B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner)
+    B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner, eigenvalue_bounds)
+    ritz = _RayleighMax(eigenvalue_bounds)
     t0 = time.perf_counter()
     P, k = B.shape
     products = 0
@@ -297,6 +331,7 @@ def cg(
         pAp = (p * Ap).sum(0)
         if not bool((pAp > 0).all()):
             raise ValueError("operator is not positive definite (p^T A p <= 0 in CG)")
+        ritz.update(pAp / (p * p).sum(0))
         alpha = rz[active] / pAp
         X[:, active] += alpha * p
         R[:, active] -= alpha * Ap
@@ -323,6 +358,7 @@ def cg(
             rz[cont] = rz_new
     report = _final_report(A, B, X, R, bnorm, rtol, max_iter, converged, iters, colprod, products)
     report.restarts, report.history = restarts, history
+    _attach_accuracy(report, X, bnorm, ritz.value)
     report.seconds = time.perf_counter() - t0
     if warn and not report.all_converged:
         _warn_unconverged(report, "CG")
@@ -350,6 +386,7 @@ def block_cg(
     preconditioner: Operator | None = None,
     warn: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    eigenvalue_bounds: tuple[float, float] | None = None,
 ) -> tuple[torch.Tensor, SolveReport]:
     """Solve A X = B by preconditioned block CG with variable block size.
 
@@ -362,7 +399,8 @@ def block_cg(
     (``column_products`` shares each block product equally among the active columns).
     """
     vec = B.ndim == 1
-    B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner)
+    B, M, bnorm, tol = _prepare(B, rtol, max_iter, preconditioner, eigenvalue_bounds)
+    ritz = _RayleighMax(eigenvalue_bounds)
     t0 = time.perf_counter()
     k = B.shape[1]
     products = 0
@@ -382,9 +420,11 @@ def block_cg(
         products += D.shape[1]
         colprod[active.cpu()] += D.shape[1] / len(active)
         DAD = (D.T @ AD).double()
-        L, info = torch.linalg.cholesky_ex(0.5 * (DAD + DAD.T))
+        DAD = 0.5 * (DAD + DAD.T)
+        L, info = torch.linalg.cholesky_ex(DAD)
         if int(info) != 0:
             raise ValueError("operator is not positive definite (P^T A P not SPD in block CG)")
+        ritz.update(torch.linalg.eigvalsh(DAD)[-1:])  # D is orthonormal: Ritz values of A
         alpha = torch.cholesky_solve((D.T @ R[:, active]).double(), L).to(B.dtype)
         X[:, active] += D @ alpha
         R[:, active] -= AD @ alpha
@@ -403,6 +443,7 @@ def block_cg(
         D = _orthonormalize(Z - D @ beta)
     report = _final_report(A, B, X, R, bnorm, rtol, max_iter, converged, iters, colprod, products)
     report.restarts, report.history = restarts, history
+    _attach_accuracy(report, X, bnorm, ritz.value)
     report.seconds = time.perf_counter() - t0
     if warn and not report.all_converged:
         _warn_unconverged(report, "block CG")
@@ -453,7 +494,33 @@ def _final_report(
     )
 
 
-def _prepare(B: torch.Tensor, rtol: float, max_iter: int, preconditioner: Operator | None):
+class _RayleighMax:
+    """||A|| for the attainable accuracy: the given estimate, else the largest Rayleigh
+    quotient of A met by the iteration (a lower bound on lambda_max, no extra products)."""
+
+    def __init__(self, bounds: tuple[float, float] | None) -> None:
+        self.value = float(bounds[1]) if bounds is not None else 0.0
+
+    def update(self, quotients: torch.Tensor) -> None:
+        if len(quotients):
+            self.value = max(self.value, float(quotients.max()))
+
+
+def _attach_accuracy(report: SolveReport, X: torch.Tensor, bnorm: torch.Tensor, norm: float):
+    """Record eps (||A|| ||x|| / ||b|| + 1) per column (module docstring)."""
+    eps = torch.finfo(X.dtype).eps
+    ratio = (_colnorm(X).double() / bnorm.double().clamp_min(1e-300)).where(bnorm > 0, 0.0)
+    report.attainable = (eps * (norm * ratio + 1.0)).tolist()
+    report.operator_norm, report.eps = norm, eps
+
+
+def _prepare(
+    B: torch.Tensor,
+    rtol: float,
+    max_iter: int,
+    preconditioner: Operator | None,
+    eigenvalue_bounds: tuple[float, float] | None = None,
+):
     """Check the arguments every solver shares; return B as a `(P, k)` block, the
     preconditioner (identity if None), the column norms of B and the absolute tolerances."""
     if not 0 < rtol < 1:
@@ -463,18 +530,41 @@ def _prepare(B: torch.Tensor, rtol: float, max_iter: int, preconditioner: Operat
     B = B.reshape(B.shape[0], -1)
     if not torch.isfinite(B).all():
         raise ValueError("right-hand sides contain NaN/inf")
+    if eigenvalue_bounds is not None:
+        _warn_if_unattainable(rtol, eigenvalue_bounds, B.dtype)
     M = preconditioner if preconditioner is not None else (lambda R: R)
     bnorm = _colnorm(B)
     return B, M, bnorm, rtol * bnorm
 
 
+def _warn_if_unattainable(rtol: float, bounds: tuple[float, float], dtype: torch.dtype) -> None:
+    lo, hi = (float(b) for b in bounds)
+    if not 0 < lo <= hi < float("inf"):
+        raise ValueError(f"eigenvalue_bounds must satisfy 0 < low <= high < inf, got {bounds}")
+    worst = torch.finfo(dtype).eps * (hi / lo + 1.0)
+    if rtol < worst:
+        warnings.warn(
+            f"rtol {rtol:g} is below the worst-case attainable accuracy eps (kappa + 1) = "
+            f"{worst:.2g} of {dtype} for this operator (kappa <= {hi / lo:.3g}): columns may "
+            "stagnate above rtol; use float64 or a larger damping",
+            PrecisionWarning,
+            stacklevel=4,
+        )
+
+
 def _warn_unconverged(report: SolveReport, what: str) -> None:
     bad = [i for i, c in enumerate(report.converged) if not c]
     worst = max(report.residuals[i] for i in bad)
+    floor = max(report.attainable[i] for i in bad)
+    why = (
+        f"; rtol is below the attainable accuracy ~{floor:.2g} of this precision"
+        if floor >= report.rtol
+        else ""
+    )
     warnings.warn(
         f"{what} did not converge for {len(bad)} of {len(report.converged)} columns within "
         f"{report.max_iter} iterations (rtol {report.rtol:g}; worst relative residual {worst:.3g}; "
-        f"columns {bad[:10]})",
+        f"columns {bad[:10]}{why})",
         ConvergenceWarning,
         stacklevel=3,
     )

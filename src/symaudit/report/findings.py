@@ -98,6 +98,9 @@ def _solver_rows(rec: AuditRecord, spec: str) -> list[dict]:
                     "columns": len(rep["iterations"]),
                     "rtol": rep["rtol"],
                     "max_residual": max(rep["residuals"]),
+                    # eps (||chi|| ||u|| / ||b|| + 1): how accurate each residual is (krylov.py);
+                    # None for audits written before it was recorded
+                    "max_attainable": max(rep["attainable"]) if rep.get("attainable") else None,
                     "median_iterations": float(np.median(rep["iterations"])),
                     "max_iterations": int(max(rep["iterations"])),
                     "converged": int(sum(rep["converged"])),

@@ -181,10 +181,14 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
         )
     p.append(
         "<h2>Solver statistics</h2><p>Conjugate gradients on chi = eta + lambda I, stopping "
-        "per column at ||chi u - b|| &le; rtol ||b|| (true residual recomputed). "
+        "per column at ||chi u - b|| &le; rtol ||b|| (true residual recomputed). A residual "
+        "evaluated in the working precision (machine epsilon eps) is accurate to about its "
+        "'attainable accuracy' eps (||chi|| ||u|| / ||b|| + 1), which is also the smallest "
+        "residual the solver can reach. "
         "'test' solves give u<sub>i</sub> = chi<sup>-1</sup> grad C<sub>x_i</sub>; 'cosine' "
         "solves give the transformed states' norms.</p><table><tr><th>model</th><th>solves"
-        "</th><th>columns</th><th>rtol</th><th>max residual</th><th>median iterations</th>"
+        "</th><th>columns</th><th>rtol</th><th>max residual</th><th>attainable accuracy (max)"
+        "</th><th>median iterations</th>"
         "<th>max iterations</th><th>converged</th><th>lambda (median)</th>"
         "<th>CG time (s)</th></tr>"
     )
@@ -200,6 +204,7 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
             f"<td class='num'>{cols}</td><td class='num'>"
             f"{_e(', '.join(sorted({format(r['rtol'], 'g') for r in rows})))}</td>"
             f"<td class='num'>{max(r['max_residual'] for r in rows):.3g}</td>"
+            f"<td class='num'>{_max_or_dash(r['max_attainable'] for r in rows)}</td>"
             f"<td class='num'>{np.median([r['median_iterations'] for r in rows]):.0f}</td>"
             f"<td class='num'>{max(r['max_iterations'] for r in rows)}</td>"
             f"<td class='num'>{conv}/{cols}{warn}</td>"
@@ -216,3 +221,8 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
         "</body></html>"
     )
     return atomic_write_text(out / "index.html", "\n".join(p))
+
+
+def _max_or_dash(values) -> str:
+    known = [v for v in values if v is not None]
+    return f"{max(known):.2g}" if known else "&mdash;"

@@ -25,6 +25,7 @@ reshuffled every epoch, so no sample is left out systematically).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -39,7 +40,13 @@ import torch.distributed as dist
 from torch import nn
 
 from symaudit._io import atomic_write_text, check_output_dir
-from symaudit.data.transitions import TransitionData, load_transitions, parse_snapshots
+from symaudit.data.stream import prefetched
+from symaudit.data.transitions import (
+    TransitionData,
+    load_transitions,
+    parse_snapshots,
+    selected_nbytes,
+)
 from symaudit.errors import SymauditError
 from symaudit.groups import Dihedral4
 from symaudit.models import build_from_config, model_config
@@ -66,7 +73,10 @@ AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
 CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 # Settings that may differ between a run and its resumption (they do not change the result).
-_RESUMABLE_DIFFERENCES = {"device", "checkpoint_every"}
+_RESUMABLE_DIFFERENCES = {"device", "checkpoint_every", "data_loading"}
+DATA_LOADING = ("auto", "memory", "stream")
+#: "auto" streams the training data when they would take more than this share of the RAM
+_STREAM_ABOVE_RAM_FRACTION = 0.25
 
 
 class TrainingError(SymauditError, RuntimeError):
@@ -84,7 +94,10 @@ class TrainConfig:
     ``checkpoint_every``: also checkpoint every N steps within an epoch (0: at epoch ends
     only) — for long epochs; it does not change the result, so a resume may change it.
     ``balance``: exponent β ≥ 0 of the per-family loss weights w_f ∝ P_f^(-β) (module
-    docstring); 0 is plain SMSE.
+    docstring); 0 is plain SMSE. ``data_loading``: "memory" (all selected snapshots in RAM),
+    "stream" (read each batch from the files, the next one prefetched: RAM bounded by the
+    batch) or "auto" (stream above a quarter of the RAM); the same batches either way, so a
+    resume may change it.
     """
 
     model: str = "unet-small"
@@ -104,6 +117,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     checkpoint_every: int = 0
     balance: float = 0.0
+    data_loading: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str | os.PathLike):
@@ -115,6 +129,10 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.data_loading not in DATA_LOADING:
+            raise ValueError(
+                f"data_loading must be one of {DATA_LOADING}, got {self.data_loading!r}"
+            )
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -246,10 +264,12 @@ def family_weights(data: TransitionData, loss: SMSE, balance: float) -> dict[str
     persistence, start = [], 0
     with torch.no_grad():
         for path, n in zip(data.split, counts, strict=True):
-            traj = data.train[start : start + n]
+            p = 0.0
+            for a in range(start, start + n, 64):  # bounded memory when streaming
+                for t in data.train[a : min(a + 64, start + n)]:
+                    p += float(loss.per_sample(t[:-1], t[1:]).double().sum())
             start += n
-            p = sum(float(loss.per_sample(t[:-1], t[1:]).double().sum()) for t in traj)
-            p /= max(1, n * (traj.shape[1] - 1))
+            p /= max(1, n * (data.train.shape[1] - 1))
             if not (p > 0 and math.isfinite(p)):
                 raise ValueError(
                     f"{path}: persistence error {p} of its training transitions is not positive "
@@ -259,6 +279,14 @@ def family_weights(data: TransitionData, loss: SMSE, balance: float) -> dict[str
     raw = [p**-balance for p in persistence]
     mean = sum(w * n for w, n in zip(raw, counts, strict=True)) / sum(counts)
     return {path: w / mean for path, w in zip(data.split, raw, strict=True)}
+
+
+def _stream(config: TrainConfig) -> bool:
+    if config.data_loading != "auto":
+        return config.data_loading == "stream"
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    need = selected_nbytes(config.data, parse_snapshots(config.snapshots))
+    return need > _STREAM_ABOVE_RAM_FRACTION * ram
 
 
 def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
@@ -312,7 +340,9 @@ def train(
         snapshots=parse_snapshots(config.snapshots),
         val_fraction=config.val_fraction,
         seed=config.seed,
+        stream=_stream(config),
     )
+    streamed = not isinstance(data.train, torch.Tensor)
     n = data.num_transitions(config.unroll)
     if n < config.batch_size:
         raise ValueError(
@@ -410,10 +440,16 @@ def train(
             loss_sum = torch.full((), resumed_loss / world, dtype=torch.float64, device=device)
             if first == 0:
                 loss_sum.zero_()
-            for b in range(first, steps_per_epoch):
-                idx = order[b * config.batch_size : (b + 1) * config.batch_size]
-                idx = idx[rank * local_batch : (rank + 1) * local_batch]
-                x, y = data.pairs(idx, config.unroll)
+            batches = [
+                order[b * config.batch_size : (b + 1) * config.batch_size][
+                    rank * local_batch : (rank + 1) * local_batch
+                ]
+                for b in range(first, steps_per_epoch)
+            ]
+            fetch = functools.partial(data.pairs, unroll=config.unroll)
+            # streamed data: the next batch is read while this one computes
+            samples = prefetched(fetch, batches) if streamed else map(fetch, batches)
+            for b, idx, (x, y) in zip(range(first, steps_per_epoch), batches, samples, strict=True):
                 if elements or shifts is not None:
                     x, y = _augment(
                         x,
