@@ -174,6 +174,8 @@ def _check_grids(grids: dict[str, tuple[int, int]], ckpt: dict) -> None:
                 break
         except DatasetError:
             continue  # moved since training: nothing to compare with
+    if not grids:
+        return
     expected = train or next(iter(grids.items()))
     for path, grid in grids.items():
         if grid != expected[1]:
