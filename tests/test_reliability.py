@@ -232,13 +232,13 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_old_checkpoint(
 
 
 @pytest.mark.parametrize("command", ["train", "audit", "report", "reproduce"])
-def test_out_that_is_a_regular_file_is_one_line(tiny_data, tmp_path, command):
+def test_out_that_is_a_regular_file_is_one_line(tiny_data, audited_run, tmp_path, command):
     out = tmp_path / "taken"
     out.write_text("not a directory")
-    args = {
+    args = {  # valid inputs: only the output is wrong
         "train": _train_args(tiny_data, out),
-        "audit": ("audit", "--run", tmp_path, "--group", "d4", "--out", out),
-        "report": ("report", tmp_path, "--out", out),
+        "audit": ("audit", "--run", audited_run / "run", "--group", "c4", "--out", out),
+        "report": ("report", audited_run / "audit", "--out", out),
         "reproduce": ("reproduce", "--preset", "micro", "--out", out, "--quiet"),
     }[command]
     _one_line_error(_cli(*args), "taken")
