@@ -171,6 +171,12 @@ def test_training_stops_at_the_first_non_finite_loss_and_keeps_the_good_checkpoi
     assert info.epoch == 1 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_second_train_on_a_busy_run_directory_is_refused(tiny_data, tmp_path):
+    with _io.exclusive(tmp_path / "run"):  # the first run, still training
+        _one_line_error(_cli(*_train_args(tiny_data, tmp_path / "run")), "being written by")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
 @pytest.mark.parametrize("lr", ["0", "inf", "nan", "-1"])
 def test_learning_rate_must_be_positive_and_finite(tiny_data, tmp_path, lr):
     result = _cli(*_train_args(tiny_data, tmp_path / "run", "--lr", lr))

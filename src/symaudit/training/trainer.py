@@ -24,6 +24,7 @@ reshuffled every epoch, so no sample is left out systematically).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -39,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from symaudit._io import atomic_write_text, check_output_dir
+from symaudit._io import atomic_write_text, check_output_dir, exclusive
 from symaudit.data.stream import prefetched
 from symaudit.data.transitions import (
     TransitionData,
@@ -424,7 +425,9 @@ def train(
     bar = _progress(progress and rank == 0)
     epochs_run = samples_seen = steps_run = 0
     stopped = False
-    with bar:
+    # a second `train` on this run directory is refused instead of interleaving checkpoints
+    sole_writer = exclusive(out) if rank == 0 else contextlib.nullcontext()
+    with bar, sole_writer:
         total = (config.epochs - start_epoch) * steps_per_epoch - start_batch
         task = bar.add_task("train", total=total)
         for epoch in range(start_epoch, config.epochs):
