@@ -197,7 +197,8 @@ def test_settings_mismatch_existing_output_and_overwrite(tmp_path, monkeypatch):
         ({"t_final": -1.0}, "t_final must be a positive number"),
         ({"dtype": "float16"}, "dtype must be one of"),
         ({"supersample": 0}, "supersample must be a positive integer"),
-        ({"cfl": 2.0}, r"cfl must be in \(0, 1\]"),
+        ({"cfl": 2.0}, r"cfl must be in \[0.01, 1\]"),
+        ({"cfl": 1e-9}, r"cfl must be in \[0.01, 1\]"),
         ({"device": "cuda"} if not torch.cuda.is_available() else {"device": "nope"}, "device"),
     ],
 )

@@ -57,14 +57,14 @@ def test_weights_equalise_weighted_persistence_and_have_mean_one(two_families):
 
 
 def test_trainer_minimises_the_weighted_loss(two_families, tmp_path):
-    # lr = 0: the model stays at its initialisation, so the epoch's mean training loss must be
+    # lr = 1e-30: the model stays at its initialisation, so the epoch's mean training loss must be
     # the weighted mean of the initial model's per-sample SMSE over all 32 training samples.
     cfg = TrainConfig(
         model="unet-tiny",
         data=[str(two_families)],
         epochs=1,
         batch_size=4,
-        lr=0.0,
+        lr=1e-30,  # steps that leave float32 weights unchanged (lr 0 is refused)
         val_fraction=0.2,
         balance=1.0,
     )
@@ -108,7 +108,7 @@ def test_train_cli_passes_balance(two_families, tmp_path):
     from symaudit.cli import app
 
     base = ["train", "--model", "unet-tiny", "--data", str(two_families), "--epochs", "1"]
-    base += ["--batch-size", "8", "--lr", "0", "--quiet"]
+    base += ["--batch-size", "8", "--lr", "1e-30", "--quiet"]  # weights stay as initialised
     res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "r"), "--balance", "0.5"])
     assert res.exit_code == 0, res.output
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)

@@ -180,6 +180,10 @@ def test_corrupt_or_mismatched_checkpoints_give_clear_errors(data_dir, tmp_path)
 
     data = torch.load(run / "checkpoint.pt", weights_only=True)
     data["model_config"]["kwargs"]["width"] = 3  # weights no longer fit the description
+    torch.save(data, bad)  # with the old checksum: the edit is a corruption
+    with pytest.raises(CheckpointError, match="checkpoint is corrupt"):
+        load_checkpoint(bad)
+    del data["digest"]  # as written before checksums: the mismatch itself is reported
     torch.save(data, bad)
     with pytest.raises(CheckpointError, match="does not match its own model"):
         load_checkpoint(bad)

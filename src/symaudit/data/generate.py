@@ -14,7 +14,11 @@ A partial file written with different settings is never mixed with new data: rer
 `GenerationError` naming the differing settings (``overwrite=True`` discards it and restarts;
 a partial file of the same settings is resumed either way).
 An existing complete output is only replaced with ``overwrite=True``, and only once the new
-file is complete.
+file is complete. Before the rename the finished file is verified: every trajectory marked
+done, readable, finite and with positive density, the bytes fsynced — a full disk or a lost
+write is a `GenerationError`/`OSError`, never a file of zeros under the final name. One
+generation at a time may write an output (`symaudit._io.exclusive`): a second one, even with
+``overwrite=True``, is refused while the first runs.
 """
 
 from __future__ import annotations
@@ -29,18 +33,24 @@ import h5py
 import numpy as np
 import torch
 
-from symaudit._io import atomic_path
+from symaudit._io import atomic_path, check_output_dir, exclusive
 from symaudit.data.stats import RunningRMS
 from symaudit.data.store import create_file
+from symaudit.errors import SymauditError
 from symaudit.fields import FieldLayout
 from symaudit.physics import initial_conditions as ics
 
 __all__ = ["GenerationError", "GenerationSettings", "generate", "partial_path"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Courant numbers below this only make runs endless (a typo such as 1e-9, not a setting)
+MIN_CFL = 0.01
+#: refuse runs whose first batch needs more solver steps than this per trajectory (a normal
+#: 128^2 run at cfl 0.4 takes a few thousand)
+MAX_STEPS = 200_000
 
 
-class GenerationError(RuntimeError):
+class GenerationError(SymauditError, RuntimeError):
     """Generation cannot proceed (bad settings, conflicting files, or a solver failure)."""
 
 
@@ -86,8 +96,8 @@ class GenerationSettings:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if not (math.isfinite(self.gamma) and self.gamma > 1):
             raise ValueError(f"gamma must be > 1, got {self.gamma!r}")
-        if not (math.isfinite(self.cfl) and 0 < self.cfl <= 1):
-            raise ValueError(f"cfl must be in (0, 1], got {self.cfl!r}")
+        if not (math.isfinite(self.cfl) and MIN_CFL <= self.cfl <= 1):
+            raise ValueError(f"cfl must be in [{MIN_CFL}, 1], got {self.cfl!r}")
         try:
             device = torch.device(self.device)
         except RuntimeError as exc:
@@ -255,15 +265,25 @@ def generate(
     settings.validate()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    from symaudit.physics import euler
-
     out = Path(out)
     if out.is_dir():
         raise GenerationError(f"output {out} is a directory; give a file name such as data.h5")
-    if not out.parent.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not overwrite:
         raise GenerationError(f"{out} already exists; pass --overwrite to replace it")
+    check_output_dir(out.parent)
+    with exclusive(out):
+        partial = _prepare_partial(settings, out, overwrite)
+        _check_step_count(settings, batch_size)
+        with h5py.File(partial, "r+") as f:
+            _fill(f, settings, batch_size, progress)
+            _finish(f, partial, settings.trajectories)
+        _sync(partial)
+        os.replace(partial, out)
+    return out
+
+
+def _prepare_partial(settings: GenerationSettings, out: Path, overwrite: bool) -> Path:
+    """The partial file to work in: resumed if it holds these settings, else created."""
     partial = partial_path(out)
     if partial.exists():
         problem = _partial_problem(partial, settings)
@@ -282,60 +302,125 @@ def generate(
                 metadata=_metadata(settings),
                 param_shapes=_param_shapes(settings.kind),
             )
+            _reserve(tmp, partial)
+    _reserve(partial, partial)  # a resumed file too (no-op when its blocks are already reserved)
+    return partial
+
+
+def _reserve(path: Path, shown: Path) -> None:
+    """Reserve the disk blocks of the whole (pre-allocated, sparse) file now: a full disk is
+    then one `OSError` before any work, instead of HDF5 write errors it only reports while
+    closing the file, leaving zeros in trajectories marked done (measured on a full tmpfs)."""
+    with open(path, "rb+") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        try:
+            os.posix_fallocate(fh.fileno(), 0, size)
+        except OSError as exc:
+            raise GenerationError(
+                f"{shown}: cannot reserve {size / 1e6:.1f} MB for the dataset: {exc.strerror}"
+            ) from None
+
+
+def _check_step_count(settings: GenerationSettings, batch_size: int) -> None:
+    """Refuse, up front, runs whose first batch would take more than `MAX_STEPS` solver steps
+    (estimated from the initial CFL step: an absurd setting fails in seconds, not hours)."""
+    from symaudit.physics import euler
+
+    n = min(batch_size, settings.trajectories)
+    res = settings.resolution * settings.supersample
+    ic = ics.sample(settings.kind, n, res, seed=settings.seed, gamma=settings.gamma)
+    dt = euler._cfl_dt(ic.state, 1.0 / res, 1.0 / res, settings.gamma, settings.cfl)
+    steps = settings.t_final / float(dt.min())
+    if not steps <= MAX_STEPS:
+        raise GenerationError(
+            f"about {steps:.3g} solver steps per trajectory (cfl {settings.cfl:g}, grid "
+            f"{res}^2, t_final {settings.t_final:g}) exceed the limit of {MAX_STEPS}: raise "
+            "--cfl (0.4 is the default) or lower --resolution/--t-final"
+        )
+
+
+def _write_batch(f: h5py.File, index: list[int], traj: np.ndarray, params: dict) -> None:
+    """Store trajectories ``traj[j]`` at global indices ``index[j]`` with their IC params."""
+    for j, i in enumerate(index):
+        f["fields"][i] = traj[j]
+        for name, value in params.items():
+            f["params"][name][i] = value[j]
+
+
+def _fill(f: h5py.File, settings: GenerationSettings, batch_size: int, progress: bool) -> None:
+    """Evolve and store every trajectory not yet marked done."""
+    from symaudit.physics import euler
 
     times = settings.times()
     dtype, device = _DTYPES[settings.dtype], torch.device(settings.device)
     k, n = settings.supersample, settings.trajectories
-    with h5py.File(partial, "r+") as f:
-        done = f["done"][...].astype(bool)
-        bar = _Progress(progress, n, int(done.sum()), settings.t_final)
-        try:
-            for first in range(0, n, batch_size):
-                last = min(first + batch_size, n)
-                rows = [i for i in range(last - first) if not done[first + i]]
-                if not rows:
-                    continue
-                ic = ics.sample(
-                    settings.kind,
-                    last - first,
-                    settings.resolution * k,
-                    seed=settings.seed,
-                    start=first,
+    done = f["done"][...].astype(bool)
+    bar = _Progress(progress, n, int(done.sum()), settings.t_final)
+    try:
+        for first in range(0, n, batch_size):
+            last = min(first + batch_size, n)
+            rows = [i for i in range(last - first) if not done[first + i]]
+            if not rows:
+                continue
+            ic = ics.sample(
+                settings.kind,
+                last - first,
+                settings.resolution * k,
+                seed=settings.seed,
+                start=first,
+                gamma=settings.gamma,
+                dtype=dtype,
+                device=device,
+            )
+            bar.batch_start(len(rows))
+            try:
+                traj = euler.evolve(
+                    ic.state[rows],
+                    times.to(device),
                     gamma=settings.gamma,
-                    dtype=dtype,
-                    device=device,
+                    cfl=settings.cfl,
+                    supersample=k,
+                    progress=bar.sim_time,
                 )
-                bar.batch_start(len(rows))
-                try:
-                    traj = euler.evolve(
-                        ic.state[rows],
-                        times.to(device),
-                        gamma=settings.gamma,
-                        cfl=settings.cfl,
-                        supersample=k,
-                        progress=bar.sim_time,
-                    )
-                except euler.SolverError as exc:
-                    raise _solver_failure(exc, first, rows) from exc
-                traj = traj.to("cpu", torch.float32).numpy()
-                for j, i in enumerate(rows):
-                    f["fields"][first + i] = traj[j]
-                    for name, value in ic.params.items():
-                        f["params"][name][first + i] = value[i].numpy()
-                f.flush()  # data on disk before it is marked done
-                for i in rows:
-                    done[first + i] = True
-                f["done"][first:last] = done[first:last].astype(np.uint8)
-                f.flush()
-                bar.batch_done(len(rows))
-        finally:
-            bar.close()
-        # Statistics from the stored float32 fields, in trajectory order: identical whether or
-        # not the run was interrupted.
-        acc = RunningRMS(FieldLayout.euler())
-        for i in range(n):
-            acc.update(torch.from_numpy(f["fields"][i]))
-        f["channel_rms"][...] = acc.compute().numpy()
-        f.flush()
-    os.replace(partial, out)
-    return out
+            except euler.SolverError as exc:
+                raise _solver_failure(exc, first, rows) from exc
+            params = {name: value[rows].numpy() for name, value in ic.params.items()}
+            _write_batch(
+                f, [first + i for i in rows], traj.to("cpu", torch.float32).numpy(), params
+            )
+            f.flush()  # data on disk before it is marked done
+            for i in rows:
+                done[first + i] = True
+            f["done"][first:last] = done[first:last].astype(np.uint8)
+            f.flush()
+            bar.batch_done(len(rows))
+    finally:
+        bar.close()
+
+
+def _finish(f: h5py.File, path: Path, n: int) -> None:
+    """Verify every trajectory as stored (a lost write reads back as zeros or garbage) and
+    write the channel statistics, in trajectory order: identical whether or not the run was
+    interrupted."""
+    done = f["done"][...]
+    if not done.all():
+        raise GenerationError(
+            f"{path}: trajectories {np.flatnonzero(done == 0)[:10].tolist()} missing"
+        )
+    acc = RunningRMS(FieldLayout.euler())
+    for i in range(n):
+        traj = torch.from_numpy(f["fields"][i])
+        if not (torch.isfinite(traj).all() and (traj[:, 0] > 0).all()):
+            raise GenerationError(
+                f"{path}: trajectory {i} reads back non-finite or with density <= 0 (a failed "
+                "write, e.g. a full disk?); the partial file is kept, delete it to start over"
+            )
+        acc.update(traj)
+    f["channel_rms"][...] = acc.compute().numpy()
+    f.flush()
+
+
+def _sync(path: Path) -> None:
+    """fsync: a write the kernel could not complete (full disk) surfaces here as OSError."""
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())

@@ -29,8 +29,10 @@ import h5py
 import numpy as np
 import torch
 
+from symaudit._finite import require_finite
 from symaudit._io import atomic_path
 from symaudit.data.stats import RunningRMS
+from symaudit.errors import SymauditError
 from symaudit.fields import FieldLayout, LayoutError
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "Dataset", "DatasetError", "open_dataset", "write_dataset"]
@@ -41,7 +43,7 @@ _REQUIRED = ("fields", "times", "done", "channel_rms")
 _PLAIN_ATTRS = ("gamma", "domain", "boundary", "ic_kind", "seed")
 
 
-class DatasetError(Exception):
+class DatasetError(SymauditError):
     """A dataset file is missing, corrupt, incomplete, or does not match its description."""
 
 
@@ -237,7 +239,16 @@ class Dataset:
                 out[t_inv == k] = block[s_inv]
         except (OSError, RuntimeError) as exc:
             raise DatasetError(f"{self.path}: cannot read fields (corrupt file?): {exc}") from exc
-        return torch.from_numpy(out)
+        fields = torch.from_numpy(out)
+        try:  # NaN/inf would spread silently through training and audits
+            require_finite(
+                fields,
+                f"{self.path}: non-finite field value",
+                lambda i: f"trajectory {ti[i[0]]}, snapshot {si[i[1]]}, channel {i[2]}",
+            )
+        except ValueError as exc:
+            raise DatasetError(str(exc)) from None
+        return fields
 
     def read_params(self, trajectories=None) -> dict[str, torch.Tensor]:
         """Per-trajectory initial-condition parameters, name -> `(n, ...)` float64."""

@@ -11,7 +11,9 @@ plus ``AUDIT_DIR/test_errors.json`` (one-step and rollout SMSE of the model on e
 trajectory next to the persistence forecast x_t+1 = x_t) and ``AUDIT_DIR/audit.json`` (the run,
 the model, every setting, and the list of pieces). Every file is written atomically; a rerun
 with the same settings skips the pieces already on disk, so a killed audit redoes only what is
-missing. A rerun with other settings is refused (`AuditError`) unless ``overwrite=True``.
+missing. A rerun with other settings is refused (`AuditError`) unless ``overwrite=True``;
+then the new audit is built in ``AUDIT_DIR.partial`` and replaces the old one as a whole only
+when complete, so an interrupted overwrite leaves the old audit intact (and resumes).
 
 Test transitions (the paper's protocol). The test trajectories are either given files
 (``test_data``: one file per initial-condition family) or the trajectories the run held out
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -39,7 +42,14 @@ from typing import Any
 
 import torch
 
-from symaudit._io import atomic_write_json
+from symaudit._io import (
+    atomic_write_json,
+    check_output_dir,
+    prepare_stage,
+    replace_dir,
+    staging_path,
+)
+from symaudit.errors import SymauditError
 
 __all__ = [
     "DAMPING_SWEEP",
@@ -57,7 +67,7 @@ DAMPING_SWEEP = ("auto:1e-4", "auto:1e-3", "auto:1e-2", "auto:1e-1")
 _PAPER_RTOL = {"unet": 5e-3, "gcnn": 5e-3, "vit": 5e-2}
 
 
-class AuditError(RuntimeError):
+class AuditError(SymauditError, RuntimeError):
     """An audit cannot run or resume (missing run, conflicting settings, too little data)."""
 
 
@@ -125,6 +135,7 @@ def _load_test_set(ckpt: dict, test_data: Sequence[str | os.PathLike] | None) ->
         files = [(Path(p), va) for p, (_, va) in split.items()]
     families: dict[str, list[torch.Tensor]] = {}
     sources: dict[str, dict] = {}
+    grids: dict[str, tuple[int, int]] = {}
     times = None
     for path, ids in files:
         try:
@@ -141,11 +152,39 @@ def _load_test_set(ckpt: dict, test_data: Sequence[str | os.PathLike] | None) ->
                 sources[fam]["trajectories"].append(ids)
                 t = ds.times[torch.tensor(idx)]
                 times = t if times is None else times
+                grids[str(path)] = ds.resolution
         except DatasetError as exc:
             raise AuditError(f"cannot read test data: {exc}") from exc
+    _check_grids(grids, ckpt)
     if times is None or times.numel() < 3:
         raise AuditError("test trajectories need at least 3 snapshots in the training window")
     return _TestSet({f: torch.cat(v) for f, v in families.items()}, sources, times)
+
+
+def _check_grids(grids: dict[str, tuple[int, int]], ckpt: dict) -> None:
+    """Test trajectories must share one grid, the one the model was trained on (a model run
+    at another resolution sees other physics per pixel: its errors would not be comparable)."""
+    from symaudit.data.store import DatasetError, open_dataset
+
+    train = None
+    for path in ckpt.get("split") or {}:
+        try:
+            with open_dataset(path) as ds:
+                train = (str(path), ds.resolution)
+                break
+        except DatasetError:
+            continue  # moved since training: nothing to compare with
+    if not grids:
+        return
+    expected = train or next(iter(grids.items()))
+    for path, grid in grids.items():
+        if grid != expected[1]:
+            raise AuditError(
+                f"test data {path} is on a {grid[0]}x{grid[1]} grid but "
+                f"{'the run was trained on' if train else 'the other test data are on'} "
+                f"{expected[1][0]}x{expected[1][1]} ({expected[0]}): generate test data at "
+                "the training resolution"
+            )
 
 
 def _metric_batch(spec: str, ckpt: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -166,6 +205,7 @@ def _metric_batch(spec: str, ckpt: dict, seed: int) -> tuple[torch.Tensor, torch
     files = list((ckpt.get("split") or {}).items())
     if not files:
         raise AuditError("the checkpoint records no data split: cannot draw training states")
+    _check_metric_size(n, files, sel)
     for i in range(n):
         path, (train_ids, _) = files[i % len(files)]
         with open_dataset(path) as ds:
@@ -177,6 +217,28 @@ def _metric_batch(spec: str, ckpt: dict, seed: int) -> tuple[torch.Tensor, torch
         xs.append(pair[0])
         ys.append(pair[1])
     return torch.stack(xs), torch.stack(ys)
+
+
+def _check_metric_size(n: int, files: list, sel: slice | None) -> None:
+    """The draw is with replacement: more states than distinct transitions would repeat some
+    and weight them twice in eta, silently."""
+    from symaudit.data.store import DatasetError, open_dataset
+
+    distinct = 0
+    for path, (train_ids, _) in files:
+        try:
+            with open_dataset(path) as ds:
+                steps = len(
+                    range(ds.num_snapshots)[sel] if sel is not None else range(ds.num_snapshots)
+                )
+        except DatasetError as exc:
+            raise AuditError(f"cannot read training data for the metric batch: {exc}") from exc
+        distinct += len(train_ids) * max(steps - 1, 0)
+    if n > distinct:
+        raise AuditError(
+            f"metric batch train:{n} asks for more states than the {distinct} distinct "
+            f"training transitions of the run: use at most train:{distinct}"
+        )
 
 
 def _test_errors(model, loss, test: _TestSet, device) -> dict:
@@ -195,6 +257,7 @@ def _test_errors(model, loss, test: _TestSet, device) -> dict:
             "persistence_one_step": float(pers_step.mean()),
             "persistence_rollout": pers_roll.mean(0).tolist(),
         }
+    _require_finite_errors(out)
     one = [v["one_step"] for v in out.values()]
     per = [v["persistence_one_step"] for v in out.values()]
     out["all"] = {
@@ -203,6 +266,17 @@ def _test_errors(model, loss, test: _TestSet, device) -> dict:
         "note": "means over families of the per-family means over all transitions",
     }
     return out
+
+
+def _require_finite_errors(errors: dict[str, dict]) -> None:
+    """A model whose predictions are NaN/inf (diverged training, corrupt weights) has nothing
+    to audit: say so instead of writing NaN results or failing deep inside a solver."""
+    for fam, v in errors.items():
+        if not math.isfinite(v["one_step"]):
+            raise AuditError(
+                f"the model's one-step predictions on the {fam!r} test trajectories are not "
+                f"finite (SMSE {v['one_step']}): the checkpoint holds a diverged or corrupt model"
+            )
 
 
 @dataclass
@@ -308,7 +382,7 @@ def run_audit(
 
     say = log or (lambda _m: None)
     run = Path(run_dir)
-    out = Path(out)
+    out = check_output_dir(out)
     if not groups:
         raise AuditError("no groups to audit: pass e.g. --group d4")
     if test_batches < 1 or per_family < 1:
@@ -364,22 +438,8 @@ def run_audit(
         "families": list(test.families),
         "complete": False,
     }
+    final, out = out, _build_dir(out, meta["settings_digest"], settings, overwrite)
     meta_path = out / "audit.json"
-    if meta_path.exists():
-        try:
-            old = json.loads(meta_path.read_text())
-        except ValueError:
-            old = {}
-        if old.get("settings_digest") != meta["settings_digest"]:
-            if not overwrite:
-                diff = [k for k in settings if old.get("settings", {}).get(k) != settings[k]]
-                raise AuditError(
-                    f"{out} holds an audit with other settings or another checkpoint "
-                    f"(differs in: {', '.join(diff) or 'checkpoint'}); use another --out or "
-                    "--overwrite"
-                )
-            for p in [*sorted(out.rglob("*.pt")), out / "test_errors.json"]:
-                p.unlink(missing_ok=True)
     atomic_write_json(meta_path, meta)
 
     loss = SMSE(info.channel_rms).to(device)
@@ -439,7 +499,37 @@ def run_audit(
     meta["pieces"] = pieces
     meta["complete"] = True
     atomic_write_json(meta_path, meta)
-    return out
+    if out != final:
+        replace_dir(out, final)
+    return final
+
+
+def _digest_in(directory: Path) -> str | None:
+    try:
+        return json.loads((directory / "audit.json").read_text()).get("settings_digest")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _build_dir(out: Path, digest: str, settings: dict, overwrite: bool) -> Path:
+    """Where this audit is written: ``out`` itself when it is new or holds this very audit
+    (resumed in place); with ``overwrite``, ``out.partial`` beside an audit of other
+    settings, which stays whole until the new one replaces it (a partial build of these
+    settings there is resumed)."""
+    if not (out / "audit.json").exists() or _digest_in(out) == digest:
+        return out
+    if not overwrite:
+        try:
+            old = json.loads((out / "audit.json").read_text()).get("settings", {})
+        except (OSError, ValueError, AttributeError):
+            old = {}
+        diff = [k for k in settings if old.get(k) != settings[k]]
+        raise AuditError(
+            f"{out} holds an audit with other settings or another checkpoint "
+            f"(differs in: {', '.join(diff) or 'checkpoint'}); use another --out or "
+            "--overwrite"
+        )
+    return prepare_stage(out, keep=_digest_in(staging_path(out)) == digest)
 
 
 def _loads(cls, path: Path) -> bool:

@@ -2,10 +2,12 @@
 
 Every unit of work (one dataset file, one training run, one audit, the report) writes under
 ``OUT`` and records a manifest ``OUT/manifests/<unit>.json`` holding a digest of its settings
-and of its inputs' digests. A unit whose manifest digest matches and whose outputs exist is
-skipped; a unit whose settings or inputs changed is redone from scratch (its old outputs are
-removed first); a unit without a manifest (killed mid-way) is resumed by the library function
-behind it (generation, training and audits are all resumable), then its manifest is written.
+and of its inputs' digests, and the SHA-256 of every file it wrote. A unit whose manifest
+digest matches and whose outputs are all there with those checksums is skipped; a unit whose
+settings or inputs changed, or whose outputs were deleted, truncated or altered since, is
+redone from scratch (its old outputs are removed first); a unit without a manifest (killed
+mid-way) is resumed by the library function behind it (generation, training and audits are
+all resumable), then its manifest is written.
 So a killed `reproduce` continues where it stopped, and changing one setting redoes exactly
 the units that depend on it.
 """
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symaudit._io import atomic_write_json
+from symaudit._io import atomic_write_json, check_output_dir, tree_digests
 from symaudit.diagnostics.audit import settings_digest
 from symaudit.pipeline.presets import PRESETS, StudyPreset
 
@@ -202,6 +204,15 @@ def _manifest_path(out: Path, unit: Unit) -> Path:
     return out / "manifests" / (unit.name.replace("/", "__") + ".json")
 
 
+def _intact(output: Path, manifest: dict) -> bool:
+    """The unit's outputs are all there, byte for byte as when its manifest was written
+    (manifests from before checksums were recorded only require the output to exist)."""
+    recorded = manifest.get("output_sha256")
+    if not output.exists():
+        return False
+    return recorded is None or tree_digests(output) == recorded
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path)
@@ -232,7 +243,7 @@ def reproduce(
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
-    out = Path(out)
+    out = check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
     units = plan(preset, out, device=device)
@@ -258,12 +269,13 @@ def reproduce(
             mpath = _manifest_path(out, unit)
             old = json.loads(mpath.read_text()) if mpath.exists() else None
             desc = f"[{i + 1}/{len(units)}] {unit.stage}: {unit.label}"
-            if old and old.get("digest") == digest and unit.output.exists():
+            if old and old.get("digest") == digest and _intact(unit.output, old):
                 result.skipped.append(unit.name)
                 bar.update(task, advance=unit.cost, description=desc + " (unchanged)")
                 continue
-            if old and old.get("digest") != digest:
-                say(f"{unit.name}: settings or inputs changed, redoing it")
+            if old:
+                changed = "settings or inputs" if old.get("digest") != digest else "outputs"
+                say(f"{unit.name}: {changed} changed since its manifest, redoing it")
                 for p in [unit.output, *unit.clean]:
                     _remove(p)
             mpath.unlink(missing_ok=True)
@@ -280,6 +292,7 @@ def reproduce(
                     "settings": unit.settings,
                     "inputs": {n: digests[n] for n in unit.inputs},
                     "output": str(unit.output.relative_to(out)),
+                    "output_sha256": tree_digests(unit.output),
                     "seconds": seconds,
                     "cpu_seconds": cpu,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

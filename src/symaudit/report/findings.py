@@ -28,6 +28,7 @@ __all__ = [
     "findings",
     "group_key",
     "readings",
+    "unique_dirs",
 ]
 
 ARCH_LABEL = {"unet": "UNet", "vit": "ViT", "gcnn": "G-CNN"}
@@ -137,11 +138,36 @@ def _state_families(rec: AuditRecord, n: int) -> list[str]:
     return out
 
 
+def unique_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
+    """``dirs`` in order, each directory once (``report A A`` must not count A twice)."""
+    seen: dict[Path, Path] = {}
+    for d in dirs:
+        seen.setdefault(Path(d).resolve(), Path(d))
+    return list(seen.values())
+
+
+def _check_distinct_checkpoints(records: list) -> None:
+    """Two audits of one checkpoint are one model seed, not two: pooling them would count
+    its states twice under a duplicated seed."""
+    first: dict[str, Path] = {}
+    for rec in records:
+        sha = rec.meta.get("run", {}).get("checkpoint_sha256")
+        if sha is None:
+            continue
+        if sha in first:
+            raise ValueError(
+                f"{first[sha]} and {rec.path} audit the same checkpoint ({rec.model}, seed "
+                f"{rec.seed}): report one of them (audit all groups in one audit to combine)"
+            )
+        first[sha] = rec.path
+
+
 def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
     """Load audits and pool them per model preset (models ordered UNet, ViT, G-CNN)."""
-    records = [load_audit(d) for d in audit_dirs]
+    records = [load_audit(d) for d in unique_dirs(audit_dirs)]
     if not records:
         raise ValueError("no audit directories given")
+    _check_distinct_checkpoints(records)
     models: dict[str, ModelData] = {}
     parts: dict[tuple[str, str], dict[str, list]] = {}
     resolution: list[int] = []

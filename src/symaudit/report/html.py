@@ -9,9 +9,22 @@ from pathlib import Path
 
 import numpy as np
 
-from symaudit._io import atomic_write_json, atomic_write_text
+from symaudit._io import (
+    atomic_write_json,
+    atomic_write_text,
+    check_output_dir,
+    exclusive,
+    staged_dir,
+)
 from symaudit.report.figures import COLOURS, make_figures
-from symaudit.report.findings import findings, load_study, readings, summary
+from symaudit.report.findings import (
+    StudyData,
+    findings,
+    load_study,
+    readings,
+    summary,
+    unique_dirs,
+)
 
 __all__ = ["build_report"]
 
@@ -90,9 +103,20 @@ def _group_tables(study, numbers: dict) -> list[str]:
 
 def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
     """Figures (PNG + SVG), ``report.json`` (every number shown) and ``index.html`` in ``out``
-    from the given audit directories. Returns the HTML path."""
-    out = Path(out)
-    study = load_study(audit_dirs)
+    from the given audit directories (a directory named twice counts once). Returns the HTML
+    path. The report is built beside ``out`` and replaces an old one as a whole, so an
+    interrupted rewrite leaves the old report, never a mix of old and new figures."""
+    final = check_output_dir(out)
+    if final.is_dir() and any(final.iterdir()) and not (final / "report.json").is_file():
+        raise ValueError(f"{final} holds files but no symaudit report: give a new directory")
+    audit_dirs = unique_dirs(audit_dirs)
+    study = load_study(audit_dirs)  # before staging: a bad audit leaves no trace
+    with exclusive(final), staged_dir(final) as build:
+        _write_report(study, audit_dirs, build)
+    return final / "index.html"
+
+
+def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out: Path) -> Path:
     figs = make_figures(study, out)
     numbers = summary(study)
     found = findings(study)

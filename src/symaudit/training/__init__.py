@@ -6,6 +6,7 @@ from symaudit.training.loss import SMSE
 from symaudit.training.trainer import (
     AUGMENTATIONS,
     TrainConfig,
+    TrainingError,
     TrainResult,
     evaluate,
     family_weights,
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointInfo",
     "TrainConfig",
     "TrainResult",
+    "TrainingError",
     "evaluate",
     "family_weights",
     "load_checkpoint",

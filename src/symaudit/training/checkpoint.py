@@ -5,7 +5,10 @@ A checkpoint is one `torch.save` file holding plain data only (loaded with
 arguments), model and optimiser state, completed epochs and steps, RNG states (torch, CUDA,
 numpy, python), the training config, the field layout (JSON), the channel RMS, and the
 per-epoch metrics history. Written atomically: temporary file in the same directory, fsync,
-`os.replace` — a kill at any moment leaves the previous checkpoint intact.
+`os.replace` — a kill at any moment leaves the previous checkpoint intact. The file also
+holds a SHA-256 of its payload (`payload_digest`), checked on every load: flipped bytes in the
+weights are a `CheckpointError`, not a silent NaN run (files written before the digest
+existed load without the check).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from symaudit._io import atomic_torch_save
+from symaudit._io import atomic_torch_save, payload_digest
+from symaudit.errors import SymauditError
 from symaudit.fields import FieldLayout
 from symaudit.models import build_from_config
 
@@ -53,7 +57,7 @@ _REQUIRED = (
 )
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(SymauditError, RuntimeError):
     """A checkpoint file is missing, corrupt, of another format, or does not fit its use."""
 
 
@@ -103,6 +107,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     if missing:
         raise ValueError(f"checkpoint payload lacks {missing}")
     data = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    data["digest"] = payload_digest(data)
     return atomic_torch_save(data, path)
 
 
@@ -127,6 +132,12 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint is incomplete, missing {missing}")
+    stored = data.pop("digest", None)
+    if stored is not None and stored != payload_digest(data):
+        raise CheckpointError(
+            f"{path}: checkpoint is corrupt (its contents do not match the checksum stored "
+            "when it was written); restore it from a copy or delete it and train again"
+        )
     return data
 
 

@@ -24,6 +24,7 @@ reshuffled every epoch, so no sample is left out systematically).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -39,7 +40,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from symaudit._io import atomic_write_text
+from symaudit._io import atomic_write_text, check_output_dir, exclusive
 from symaudit.data.stream import prefetched
 from symaudit.data.transitions import (
     TransitionData,
@@ -47,6 +48,7 @@ from symaudit.data.transitions import (
     parse_snapshots,
     selected_nbytes,
 )
+from symaudit.errors import SymauditError
 from symaudit.groups import Dihedral4
 from symaudit.models import build_from_config, model_config
 from symaudit.training.checkpoint import (
@@ -58,7 +60,15 @@ from symaudit.training.checkpoint import (
 )
 from symaudit.training.loss import SMSE
 
-__all__ = ["AUGMENTATIONS", "TrainConfig", "TrainResult", "evaluate", "family_weights", "train"]
+__all__ = [
+    "AUGMENTATIONS",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingError",
+    "evaluate",
+    "family_weights",
+    "train",
+]
 
 AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -68,6 +78,10 @@ _RESUMABLE_DIFFERENCES = {"device", "checkpoint_every", "data_loading"}
 DATA_LOADING = ("auto", "memory", "stream")
 #: "auto" streams the training data when they would take more than this share of the RAM
 _STREAM_ABOVE_RAM_FRACTION = 0.25
+
+
+class TrainingError(SymauditError, RuntimeError):
+    """Training cannot continue (a non-finite loss or gradient)."""
 
 
 @dataclass
@@ -122,6 +136,12 @@ class TrainConfig:
             )
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
         if not (math.isfinite(self.balance) and self.balance >= 0):
             raise ValueError(f"balance must be a finite number >= 0, got {self.balance!r}")
         parse_snapshots(self.snapshots)  # validates
@@ -307,7 +327,7 @@ def train(
     interruption, after any checkpoint due at that point). Uses the initialised
     `torch.distributed` process group if there is one (see module docstring).
     """
-    out = Path(out_dir)
+    out = check_output_dir(out_dir)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     say = log if (log is not None and rank == 0) else (lambda _m: None)
     device = torch.device(config.device)
@@ -405,7 +425,9 @@ def train(
     bar = _progress(progress and rank == 0)
     epochs_run = samples_seen = steps_run = 0
     stopped = False
-    with bar:
+    # a second `train` on this run directory is refused instead of interleaving checkpoints
+    sole_writer = exclusive(out) if rank == 0 else contextlib.nullcontext()
+    with bar, sole_writer:
         total = (config.epochs - start_epoch) * steps_per_epoch - start_batch
         task = bar.add_task("train", total=total)
         for epoch in range(start_epoch, config.epochs):
@@ -452,6 +474,7 @@ def train(
                     group["lr"] = _lr(config, step, total_steps)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                _check_step(model, loss, epoch, b, ckpt_path)
                 optimizer.step()
                 step += 1
                 steps_run += 1
@@ -510,6 +533,24 @@ def train(
             if stop_after_steps is not None and steps_run >= stop_after_steps:
                 break
     return TrainResult(model, history, ckpt_path, epochs_run, samples_seen)
+
+
+def _check_step(model: nn.Module, loss: torch.Tensor, epoch: int, batch: int, ckpt: Path) -> None:
+    """Stop before a non-finite loss or gradient reaches the parameters.
+
+    Gradients are checked after DDP's all-reduce, so every rank stops at the same step; the
+    step is not taken and nothing is saved, so the last checkpoint stays the last good one.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    if bool(torch.isfinite(loss)) and bool(torch.isfinite(norm)):
+        return
+    kept = f"the last good checkpoint is {ckpt}" if ckpt.exists() else "no checkpoint was saved"
+    raise TrainingError(
+        f"non-finite training loss {float(loss.detach()):.4g} (gradient norm {float(norm):.4g}) at "
+        f"epoch {epoch + 1}, batch {batch + 1}: stopped before the update; {kept}. Check the "
+        "data for NaN/inf and lower --lr"
+    )
 
 
 def _progress(enabled: bool):
