@@ -53,6 +53,20 @@ def generate(
             "on a busy 2-core machine; raise it on an idle many-core one."
         ),
     ] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="I/N: generate only the I-th of N trajectory ranges, into OUT.shard-I-of-N "
+            "(run N of these in parallel, then --merge N)."
+        ),
+    ] = None,
+    merge: Annotated[
+        int | None,
+        typer.Option(
+            help="Merge the N finished shards OUT.shard-*-of-N into OUT (same settings); "
+            "the result is bitwise the file one process writes."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Simulate PDEGym-style compressible-Euler trajectories into one HDF5 file.
@@ -64,7 +78,12 @@ def generate(
     """
     import torch
 
-    from symaudit.data.generate import GenerationError, GenerationSettings
+    from symaudit.data.generate import (
+        GenerationError,
+        GenerationSettings,
+        merge_shards,
+        parse_shard,
+    )
     from symaudit.data.generate import generate as run
 
     settings = GenerationSettings(
@@ -87,8 +106,24 @@ def generate(
         raise typer.Exit(code=2)
     torch.set_num_threads(threads)
     try:
-        path = run(settings, out, batch_size=batch_size, overwrite=overwrite, progress=not quiet)
+        if shard is not None and merge is not None:
+            raise ValueError("--shard and --merge exclude each other")
+        if merge is not None:
+            path = merge_shards(settings, out, merge, overwrite=overwrite)
+        else:
+            part = parse_shard(shard) if shard is not None else None
+            path = run(
+                settings,
+                out,
+                batch_size=batch_size,
+                overwrite=overwrite,
+                progress=not quiet,
+                shard=part,
+            )
     except (ValueError, GenerationError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(f"wrote {path} ({trajectories} trajectories, {snapshots} snapshots, {resolution}^2)")
+    what = f"shard {shard} of " if shard is not None else ""
+    typer.echo(
+        f"wrote {path} ({what}{trajectories} trajectories, {snapshots} snapshots, {resolution}^2)"
+    )

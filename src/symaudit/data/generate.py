@@ -40,7 +40,15 @@ from symaudit.errors import SymauditError
 from symaudit.fields import FieldLayout
 from symaudit.physics import initial_conditions as ics
 
-__all__ = ["GenerationError", "GenerationSettings", "generate", "partial_path"]
+__all__ = [
+    "GenerationError",
+    "GenerationSettings",
+    "generate",
+    "merge_shards",
+    "parse_shard",
+    "partial_path",
+    "shard_path",
+]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Courant numbers below this only make runs endless (a typo such as 1e-9, not a setting)
@@ -123,10 +131,40 @@ def partial_path(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".partial")
 
 
-def _metadata(settings: GenerationSettings) -> dict:
+def parse_shard(text: str) -> tuple[int, int]:
+    """ "I/N" (0 <= I < N) -> (I, N)."""
+    try:
+        i, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"shard must be I/N with integers, e.g. 0/4, got {text!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def shard_path(out: str | os.PathLike, index: int, count: int) -> Path:
+    """Where shard ``index`` of ``count`` of ``out`` is written: ``OUT.shard-I-of-N``."""
+    out = Path(out)
+    return out.with_name(f"{out.name}.shard-{index}-of-{count}")
+
+
+def _shard_rows(trajectories: int, shard: tuple[int, int] | None) -> tuple[int, int]:
+    """Global trajectory range [lo, hi) of a shard: N near-equal contiguous ranges."""
+    if shard is None:
+        return 0, trajectories
+    i, n = shard  # more shards than trajectories leaves some empty (a valid, empty file)
+    return i * trajectories // n, (i + 1) * trajectories // n
+
+
+def _metadata(settings: GenerationSettings, shard: tuple[int, int] | None = None) -> dict:
     from symaudit import __version__
 
+    extra = {}
+    if shard is not None:
+        lo, hi = _shard_rows(settings.trajectories, shard)
+        extra["shard"] = {"index": shard[0], "count": shard[1], "first": lo, "stop": hi}
     return {
+        **extra,
         "gamma": settings.gamma,
         "domain": "periodic unit square [0, 1]^2",
         "boundary": "periodic",
@@ -152,12 +190,18 @@ def _param_shapes(kind: str) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape[1:]) for k, v in probe.params.items()}
 
 
-def _partial_problem(path: Path, settings: GenerationSettings) -> str | None:
+def _partial_problem(
+    path: Path, settings: GenerationSettings, shard: tuple[int, int] | None = None
+) -> str | None:
     """None if ``path`` is a partial file of these settings (resumable), else why not."""
+    lo, hi = _shard_rows(settings.trajectories, shard)
     try:
         with h5py.File(path, "r") as f:
-            stored = json.loads(f.attrs["metadata"])["generation"]
-            if f["done"].shape != (settings.trajectories,):
+            meta = json.loads(f.attrs["metadata"])
+            stored = meta["generation"]
+            if f["done"].shape != (hi - lo,) or meta.get("shard") != _metadata(settings, shard).get(
+                "shard"
+            ):
                 raise KeyError("done")
     except OSError as exc:
         return f"{path} exists but cannot be opened ({exc}); delete it or pass --overwrite"
@@ -247,6 +291,7 @@ def generate(
     batch_size: int = 8,
     overwrite: bool = False,
     progress: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> Path:
     """Generate (or resume generating) the dataset described by ``settings`` into ``out``.
 
@@ -258,9 +303,12 @@ def generate(
             discard a partial file with other settings; without it both raise
             `GenerationError`. A partial file with the same settings is always resumed.
         progress: show a rich progress bar.
+        shard: (I, N): generate only the I-th of N contiguous trajectory ranges, into
+            `shard_path(out, I, N)` (N processes or array-job tasks split one dataset;
+            `merge_shards` then writes ``out``, bitwise equal to a one-process run).
 
-    Returns the output path. Solver failures raise `GenerationError` naming the trajectory's
-    global index and the time reached.
+    Returns the output path (the shard's file with ``shard``). Solver failures raise
+    `GenerationError` naming the trajectory's global index and the time reached.
     """
     settings.validate()
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -268,25 +316,34 @@ def generate(
     out = Path(out)
     if out.is_dir():
         raise GenerationError(f"output {out} is a directory; give a file name such as data.h5")
+    lo, hi = _shard_rows(settings.trajectories, shard)
+    if shard is not None:
+        out = shard_path(out, *shard)
     if out.exists() and not overwrite:
         raise GenerationError(f"{out} already exists; pass --overwrite to replace it")
     check_output_dir(out.parent)
     with exclusive(out):
-        partial = _prepare_partial(settings, out, overwrite)
+        partial = _prepare_partial(settings, out, overwrite, shard)
         _check_step_count(settings, batch_size)
         with h5py.File(partial, "r+") as f:
-            _fill(f, settings, batch_size, progress)
-            _finish(f, partial, settings.trajectories)
+            _fill(f, settings, batch_size, progress, lo, hi)
+            _finish(f, partial, hi - lo)
         _sync(partial)
         os.replace(partial, out)
     return out
 
 
-def _prepare_partial(settings: GenerationSettings, out: Path, overwrite: bool) -> Path:
+def _prepare_partial(
+    settings: GenerationSettings,
+    out: Path,
+    overwrite: bool,
+    shard: tuple[int, int] | None = None,
+) -> Path:
     """The partial file to work in: resumed if it holds these settings, else created."""
     partial = partial_path(out)
+    lo, hi = _shard_rows(settings.trajectories, shard)
     if partial.exists():
-        problem = _partial_problem(partial, settings)
+        problem = _partial_problem(partial, settings, shard)
         if problem is not None:
             if not overwrite:
                 raise GenerationError(problem)
@@ -295,11 +352,11 @@ def _prepare_partial(settings: GenerationSettings, out: Path, overwrite: bool) -
         with atomic_path(partial) as tmp:
             create_file(
                 tmp,
-                num_trajectories=settings.trajectories,
+                num_trajectories=hi - lo,
                 resolution=(settings.resolution, settings.resolution),
                 times=settings.times(),
                 layout=FieldLayout.euler(),
-                metadata=_metadata(settings),
+                metadata=_metadata(settings, shard),
                 param_shapes=_param_shapes(settings.kind),
             )
             _reserve(tmp, partial)
@@ -347,13 +404,16 @@ def _write_batch(f: h5py.File, index: list[int], traj: np.ndarray, params: dict)
             f["params"][name][i] = value[j]
 
 
-def _fill(f: h5py.File, settings: GenerationSettings, batch_size: int, progress: bool) -> None:
-    """Evolve and store every trajectory not yet marked done."""
+def _fill(
+    f: h5py.File, settings: GenerationSettings, batch_size: int, progress: bool, lo: int, hi: int
+) -> None:
+    """Evolve and store every trajectory of global range [lo, hi) not yet marked done (row r
+    of the file is trajectory lo + r: its initial condition depends on lo + r only)."""
     from symaudit.physics import euler
 
     times = settings.times()
     dtype, device = _DTYPES[settings.dtype], torch.device(settings.device)
-    k, n = settings.supersample, settings.trajectories
+    k, n = settings.supersample, hi - lo
     done = f["done"][...].astype(bool)
     bar = _Progress(progress, n, int(done.sum()), settings.t_final)
     try:
@@ -367,7 +427,7 @@ def _fill(f: h5py.File, settings: GenerationSettings, batch_size: int, progress:
                 last - first,
                 settings.resolution * k,
                 seed=settings.seed,
-                start=first,
+                start=lo + first,
                 gamma=settings.gamma,
                 dtype=dtype,
                 device=device,
@@ -383,7 +443,7 @@ def _fill(f: h5py.File, settings: GenerationSettings, batch_size: int, progress:
                     progress=bar.sim_time,
                 )
             except euler.SolverError as exc:
-                raise _solver_failure(exc, first, rows) from exc
+                raise _solver_failure(exc, lo + first, rows) from exc
             params = {name: value[rows].numpy() for name, value in ic.params.items()}
             _write_batch(
                 f, [first + i for i in rows], traj.to("cpu", torch.float32).numpy(), params
@@ -416,7 +476,8 @@ def _finish(f: h5py.File, path: Path, n: int) -> None:
                 "write, e.g. a full disk?); the partial file is kept, delete it to start over"
             )
         acc.update(traj)
-    f["channel_rms"][...] = acc.compute().numpy()
+    if n:  # an empty shard (more shards than trajectories) has no statistics
+        f["channel_rms"][...] = acc.compute().numpy()
     f.flush()
 
 
@@ -424,3 +485,63 @@ def _sync(path: Path) -> None:
     """fsync: a write the kernel could not complete (full disk) surfaces here as OSError."""
     with open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+
+
+def merge_shards(
+    settings: GenerationSettings, out: str | os.PathLike, count: int, *, overwrite: bool = False
+) -> Path:
+    """Write ``out`` from its ``count`` finished shards (`generate(..., shard=(i, count))`).
+
+    Every shard must exist, be complete, hold these settings and its own trajectory range;
+    the merged file is then built exactly as a one-process run builds it (same metadata, rows
+    copied in order, verified, channel statistics in trajectory order) and renamed into place:
+    its bytes equal those of a one-process run. The shards are kept (delete them yourself).
+    """
+    from symaudit.data.store import DatasetError, open_dataset
+
+    settings.validate()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise GenerationError(f"{out} already exists; pass --overwrite to replace it")
+    ours = json.loads(json.dumps(settings.fingerprint()))
+    shards = []
+    for i in range(count):
+        path = shard_path(out, i, count)
+        if not path.exists():
+            partial = partial_path(path)
+            state = f" (only {partial.name}: unfinished)" if partial.exists() else ""
+            raise GenerationError(f"shard {i}/{count} of {out} is missing: {path}{state}")
+        want = _metadata(settings, (i, count))["shard"]
+        try:  # an empty shard has no channel statistics, and needs none
+            ds = open_dataset(path, allow_incomplete=want["first"] == want["stop"])
+        except DatasetError as exc:
+            raise GenerationError(f"shard {i}/{count}: {exc}") from None
+        meta = ds.metadata
+        if meta.get("generation") != ours:
+            ds.close()
+            raise GenerationError(f"{path} was generated with other settings than requested")
+        if meta.get("shard") != want:
+            ds.close()
+            raise GenerationError(f"{path} holds rows {meta.get('shard')}, expected {want}")
+        shards.append(ds)
+    check_output_dir(out.parent)
+    try:
+        with exclusive(out):
+            partial = _prepare_partial(settings, out, overwrite=True)
+            with h5py.File(partial, "r+") as f:
+                for i, ds in enumerate(shards):
+                    lo, hi = _shard_rows(settings.trajectories, (i, count))
+                    src = ds._f  # noqa: SLF001 - a verbatim copy of the stored rows
+                    for r in range(hi - lo):
+                        f["fields"][lo + r] = src["fields"][r]
+                    for name in f["params"]:
+                        f["params"][name][lo:hi] = src["params"][name][...]
+                    f["done"][lo:hi] = 1
+                f.flush()
+                _finish(f, partial, settings.trajectories)
+            _sync(partial)
+            os.replace(partial, out)
+    finally:
+        for ds in shards:
+            ds.close()
+    return out

@@ -59,12 +59,42 @@ def _model_name(preset: str, seed: int) -> str:
     return f"{preset}-s{seed}"
 
 
+def complete_shards(path: Path) -> int | None:
+    """N if every shard ``path.shard-I-of-N`` (I < N) is there for some N, else None."""
+    import re
+
+    found: dict[int, set[int]] = {}
+    for p in path.parent.glob(f"{path.name}.shard-*-of-*"):
+        m = re.fullmatch(re.escape(path.name) + r"\.shard-(\d+)-of-(\d+)", p.name)
+        if m:
+            found.setdefault(int(m[2]), set()).add(int(m[1]))
+    full = [n for n, got in found.items() if got == set(range(n))]
+    return max(full) if full else None
+
+
+def generate_shard(
+    preset: StudyPreset, out: Path, shard: tuple[int, int], *, device: str = "cpu"
+) -> list[Path]:
+    """Generate shard I of N of every dataset file of the study (one array-job task); a
+    later `reproduce` merges them (`complete_shards`) instead of generating."""
+    from symaudit.data.generate import GenerationSettings, generate
+
+    done = []
+    for unit in plan(preset, out, device=device):
+        if unit.stage != "generate":
+            continue
+        gs = GenerationSettings(**{**unit.settings, "device": device})
+        if not unit.output.exists():
+            done.append(generate(gs, unit.output, shard=shard, overwrite=True))
+    return done
+
+
 def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     """The study's units in execution order (every unit after the units it reads)."""
     import torch
 
     from symaudit.data import open_dataset
-    from symaudit.data.generate import GenerationSettings, generate, partial_path
+    from symaudit.data.generate import GenerationSettings, generate, merge_shards, partial_path
     from symaudit.diagnostics.audit import run_audit
     from symaudit.training import TrainConfig, train
 
@@ -96,6 +126,10 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                         )
                     if same:
                         return  # finished before its manifest was written
+                count = complete_shards(path)
+                if count is not None:  # written by `reproduce --shard I/N` tasks
+                    merge_shards(gs, path, count, overwrite=path.exists())
+                    return
                 # resumes OUT.partial if a killed run left one with these settings
                 generate(gs, path, overwrite=path.exists())
 
