@@ -268,7 +268,7 @@ def run_audit(
     damping: float | str | None = None,
     damping_sweep: Sequence[float | str] | None = None,
     rtol: float | None = None,
-    test_batches: int = 3,
+    test_batches: int = 1,
     per_family: int = 8,
     influence_shifts: Sequence[int] | None = None,
     test_data: Sequence[str | os.PathLike] | None = None,

@@ -1,4 +1,5 @@
-"""Named study presets for `symaudit reproduce`: micro (tests), demo (CPU), paper (GPU)."""
+"""Named study presets for `symaudit reproduce`: micro (tests), demo (CPU, <= 15 min), study
+(CPU, ~2 h), paper (GPU)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,36 @@ PRESETS: dict[str, StudyPreset] = {
             # families barely enter the loss and the models lose to persistence on them
             balance=0.5,
             description="CPU demo: 3 families at 64², small models, 1 seed, <= 15 min",
+        ),
+        StudyPreset(
+            name="study",
+            families=_FAMILIES,
+            resolution=64,
+            train_trajectories=48,
+            test_trajectories=16,
+            snapshots=11,
+            t_final=0.5,
+            models=(
+                ModelPlan("unet-small", epochs=24, batch_size=16, lr=3e-3),
+                ModelPlan("vit-small", epochs=80, batch_size=16, lr=1e-3),
+                ModelPlan(
+                    "gcnn-small",
+                    epochs=12,
+                    batch_size=16,
+                    lr=2e-3,
+                    overrides={"channels": 4, "blocks": 2},
+                ),
+            ),
+            seeds=(0, 1),
+            groups=("d4", "shift-x", "shift-y"),
+            test_batches=2,
+            per_family=8,
+            dampings=("auto:1e-3", "auto:1e-4", "auto:1e-2", "auto:1e-1"),
+            cosine=False,
+            rank=32,
+            balance=0.5,
+            description="stronger CPU study: 3x the demo's data, 2x its epochs, 2 seeds, "
+            "2 batches of 8 per family, 4 dampings; ~2 h on one core (estimate)",
         ),
         StudyPreset(
             name="paper",
