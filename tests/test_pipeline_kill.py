@@ -20,9 +20,7 @@ from symaudit.pipeline.run import plan
 
 MICRO = PRESETS["micro"]
 # per group, family and batch: equivariance.pt, influence.pt and one sweep-<j>.pt per extra damping
-PIECES = (
-    (1 + len(MICRO.dampings)) * len(MICRO.groups) * len(MICRO.families) * MICRO.test_batches
-)
+PIECES = (1 + len(MICRO.dampings)) * len(MICRO.groups) * len(MICRO.families) * MICRO.test_batches
 
 
 def _cmd(out: Path) -> list[str]:
