@@ -144,10 +144,14 @@ def test_report_numbers_equal_audit_files(study):
                 {"solve_seconds": solve, "influence_seconds": sweeps}, rel=1e-12
             )
             assert 0 < solve < sweeps
+        # one row per mini-batch and damping of each influence computation: shift-x and
+        # shift-y share theirs (one sketch, one solve), which shift-x carries
         rows = report["solver"][mp.preset]
-        assert len(rows) == sum(
-            len(a.influence[s]) * len(MICRO.dampings) for a in audits for s in a.influence
-        )
+        assert len(rows) == 2 * len(MICRO.families) * MICRO.test_batches * len(MICRO.dampings)
+        for a in audits:
+            for inf in a.influence["shift-y"]:
+                assert inf.reports == {} and inf.timings["solve"] == 0
+                assert inf.settings["audit"]["solved_with"] == ["shift-x", "shift-y"]
         assert sum(r["seconds"] for r in rows) == pytest.approx(
             sum(nums["audit_seconds"][str(a.seed)]["solve_seconds"] for a in audits), rel=1e-12
         )

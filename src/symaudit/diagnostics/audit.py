@@ -395,51 +395,56 @@ def run_audit(
         atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
     mbatch = _metric_batch(metric_batch, raw, seed=int(info.config.get("seed", 0)))
 
-    pieces: dict[str, list[dict]] = {}
+    pieces: dict[str, list[dict]] = {spec: [] for spec in groups}
     fams = list(test.families)
-    total = len(groups) * test_batches * len(fams)
-    done = 0
+    built = {}
     for spec in groups:
         group = from_spec(spec, info.layout, resolution=resolution, dt=dt)
         step = n_times - 2 if _is_translation(spec) else 0
-        inf_group = _influence_elements(group, spec, influence_shifts)
-        pieces[spec] = []
-        for fam in fams:
-            for k in range(test_batches):
+        built[spec] = (group, _influence_elements(group, spec, influence_shifts), step)
+    solve = dict(
+        dampings=[damping, *sweep],
+        rtol=rtol,
+        max_iter=max_iter,
+        rank=rank,
+        cosine=cosine,
+        progress=progress,
+    )
+    clusters = _solve_clusters(list(groups))
+    total, done = len(clusters) * test_batches * len(fams), 0
+    for fam in fams:
+        for k in range(test_batches):
+            for cluster in clusters:
                 done += 1
-                where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
-                piece = {
-                    "family": fam,
-                    "batch": k,
-                    "equivariance": str(where / "equivariance.pt"),
-                    "influence": str(where / "influence.pt"),
-                    "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(sweep))],
-                    "influence_elements": [g.name for g in inf_group],
-                    "time_index": step,
-                    "time": float(test.times[step]),
-                }
-                pieces[spec].append(piece)
+                step = built[cluster[0]][2]
+                jobs = []
+                for spec in cluster:
+                    group, inf_group, _ = built[spec]
+                    where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
+                    piece = {
+                        "family": fam,
+                        "batch": k,
+                        "equivariance": str(where / "equivariance.pt"),
+                        "influence": str(where / "influence.pt"),
+                        "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(sweep))],
+                        "influence_elements": [g.name for g in inf_group],
+                        "time_index": step,
+                        "time": float(test.times[step]),
+                    }
+                    pieces[spec].append(piece)
+                    jobs.append((spec, group, inf_group, piece))
                 batch = test.batch(fam, k, per_family, step)
-                tag = f"[{done}/{total}] {spec} {fam} batch {k + 1} (t = {piece['time']:.3g})"
-                _audit_piece(
+                tag = f"[{done}/{total}] {'+'.join(cluster)} {fam} batch {k + 1}"
+                _audit_pieces(
                     model,
                     loss,
                     batch,
-                    group,
-                    inf_group,
+                    jobs,
                     mbatch,
                     out,
-                    piece,
-                    tag,
+                    tag + f" (t = {float(test.times[step]):.3g})",
                     say,
-                    dict(
-                        dampings=[damping, *sweep],
-                        rtol=rtol,
-                        max_iter=max_iter,
-                        rank=rank,
-                        cosine=cosine,
-                        progress=progress,
-                    ),
+                    solve,
                 )
     meta["pieces"] = pieces
     meta["complete"] = True
@@ -456,35 +461,76 @@ def _influence_elements(group, spec: str, shifts: Sequence[int] | None):
     return group.subset([g.name for g in group if all(c in keep for c in g.shift)])
 
 
-def _audit_piece(
-    model, loss, batch, group, inf_group, mbatch, out: Path, piece: dict, tag: str, say, solve: dict
-) -> None:
-    """Equivariance errors over ``group`` and influence over ``inf_group`` for one mini-batch
-    (each skipped if already on disk); the influence wall time is recorded in the result."""
+def _solve_clusters(groups: list[str]) -> list[list[str]]:
+    """Groups whose influence shares one computation: all translation groups (audited on
+    the same states, so one Nyström sketch and one test solve serve them all); every other
+    group alone."""
+    shifts = [g for g in groups if _is_translation(g)]
+    return [[g] for g in groups if not _is_translation(g)] + ([shifts] if shifts else [])
+
+
+def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, say, solve: dict):
+    """For one mini-batch: equivariance errors of each job's whole group, then influence on
+    the union of the jobs' influence elements in one `influence_sweep` (each skipped if on
+    disk), split back into one result per group. The first group's result carries the
+    solver reports and solve time; the others record that they share it."""
     from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
     from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
 
-    if not _loads(EquivarianceResult, out / piece["equivariance"]):
-        say(f"{tag}: equivariance errors over {len(group)} elements")
-        equivariance_error(model, batch, group, loss).save(out / piece["equivariance"])
-    need = [piece["influence"], *piece["sweep"]]
-    if all(_loads(InfluenceResult, out / p) for p in need):
+    for spec, group, _, piece in jobs:
+        if not _loads(EquivarianceResult, out / piece["equivariance"]):
+            say(f"{tag}: {spec} equivariance errors over {len(group)} elements")
+            equivariance_error(model, batch, group, loss).save(out / piece["equivariance"])
+    need = [out / p for *_, piece in jobs for p in (piece["influence"], *piece["sweep"])]
+    if all(_loads(InfluenceResult, p) for p in need):
         say(f"{tag}: influence already on disk")
         return
-    say(f"{tag}: influence, |G| = {len(inf_group)}, N = {batch[0].shape[0]}")
+    union = {g.name: g for *_, inf_group, _ in jobs for g in inf_group}
+    say(f"{tag}: influence, |G| = {len(union)}, N = {batch[0].shape[0]}")
     t0 = time.perf_counter()
-    results = influence_sweep(model, loss, batch, inf_group, mbatch, **solve)
+    results = influence_sweep(model, loss, batch, list(union.values()), mbatch, **solve)
     seconds = time.perf_counter() - t0
-    for p, res in zip(need, results, strict=True):
-        res.settings["audit"] = {
-            "family": piece["family"],
-            "batch": piece["batch"],
-            "time_index": piece["time_index"],
-            # wall time of the whole sweep (all dampings share gradients and sketch)
-            "sweep_seconds": seconds,
-        }
-        res.save(out / p)
+    for i, (spec, _, inf_group, piece) in enumerate(jobs):
+        for path, res in zip((piece["influence"], *piece["sweep"]), results, strict=True):
+            part = _select(res, [g.name for g in inf_group], shared=None if i == 0 else jobs[0][0])
+            part.settings["audit"] = {
+                "group_spec": spec,
+                "family": piece["family"],
+                "batch": piece["batch"],
+                "time_index": piece["time_index"],
+                # wall time of the whole sweep (all dampings share gradients and sketch);
+                # 0 for the groups that share another group's computation
+                "sweep_seconds": seconds if i == 0 else 0.0,
+                "solved_with": [j[0] for j in jobs],
+            }
+            part.save(out / path)
     say(f"{tag}: influence done in {seconds:.1f} s")
+
+
+def _select(res, names: list[str], shared: str | None):
+    """The rows of ``res`` for the elements ``names``; with ``shared`` (the group that
+    carries the computation), without solver reports and with zero solve time, so that
+    totals over groups count every solve once."""
+    from dataclasses import replace
+
+    idx = [res.elements.index(n) for n in names]
+    qerr = dict(res.quadratic_form_error)
+    if "transformed" in qerr:
+        qerr["transformed"] = qerr["transformed"][idx]
+    tn = None if res.transformed_norms is None else res.transformed_norms[idx]
+    timings = dict(res.timings)
+    if shared is not None:
+        timings = {k: 0.0 for k in timings}
+    return replace(
+        res,
+        elements=list(names),
+        raw=res.raw[idx],
+        transformed_norms=tn,
+        quadratic_form_error=qerr,
+        reports={} if shared is not None else res.reports,
+        timings=timings,
+        settings={**res.settings, "group_elements": list(names)},
+    )
 
 
 def _loads(cls, path: Path) -> bool:
