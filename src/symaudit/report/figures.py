@@ -72,6 +72,11 @@ def _median_whiskers(ax, study, i: int, shifts, values: np.ndarray) -> dict[str,
     }
 
 
+def _not_computed(ax) -> None:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, "cosine normalisation not computed\n(audit: cosine=False)", ha="center")
+
+
 def _mark_periods(ax, study: StudyData) -> None:
     """Dotted vertical lines at the non-zero multiples of each model's natural period (ViT
     patch size, UNet down-sampling factor), in the model's colour, within the axis range."""
@@ -299,14 +304,7 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
         axes[2].set_ylim(-1.05, 1.05)
         axes[2].set_title("Diagonal, cosine-normalised (1 = update fully shared)")
     else:
-        axes[2].set_axis_off()
-        axes[2].text(
-            0.5,
-            0.5,
-            "cosine normalisation not computed\n(preset: cosine=False)",
-            ha="center",
-            va="center",
-        )
+        _not_computed(axes[2])
         _shared_legend(fig, axes[0])
     for a in axes[:2]:
         a.set_xlabel("D4 element g")
@@ -359,6 +357,9 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
                     continue
                 d = _median_whiskers(ax, study, i, g.inf_shifts, vals)
                 drawn.setdefault(field_name, {})[m.preset] = d
+            if not ax.lines:
+                _not_computed(ax)
+                continue
             _mark_periods(ax, study)
             ax.set_xlabel(f"{axis_name} shift (grid cells)")
             ax.set_ylabel(f"{ylabel} (dimensionless)")
