@@ -19,7 +19,8 @@ from symaudit.pipeline import PRESETS
 from symaudit.pipeline.run import plan
 
 MICRO = PRESETS["micro"]
-PIECES = 2 * len(MICRO.groups) * MICRO.test_batches  # equivariance.pt + influence.pt
+# per group, family and batch: equivariance.pt, influence.pt and one sweep-<j>.pt per extra damping
+PIECES = (1 + len(MICRO.dampings)) * len(MICRO.groups) * len(MICRO.families) * MICRO.test_batches
 
 
 def _cmd(out: Path) -> list[str]:
@@ -96,16 +97,9 @@ def test_sigkill_mid_audit_then_rerun_redoes_only_the_killed_unit_and_later(tmp_
 
     # the resumed audit equals one computed in a single uninterrupted call
     fresh = tmp_path / "fresh"
-    run_audit(
-        out / "runs" / victim,
-        list(MICRO.groups),
-        out=fresh,
-        damping=MICRO.damping,
-        test_batches=MICRO.test_batches,
-        per_family=MICRO.per_family,
-        max_iter=MICRO.max_iter,
-        rank=MICRO.rank,
-        test_data=[str(out / "data" / "test")],
+    unit = next(u for u in plan(MICRO, out) if u.name == f"audit/{victim}")
+    run_audit(  # the pipeline's own settings for this audit
+        out / "runs" / victim, **unit.settings, out=fresh, test_data=[str(out / "data" / "test")]
     )
     a, b = load_audit(out / "audits" / victim), load_audit(fresh)
     for spec in MICRO.groups:

@@ -1,4 +1,4 @@
-"""The report on synthetic audits with known numbers: the findings F1–F5 follow the numbers
+"""The report on synthetic audits with known numbers: the findings F1–F8 follow the numbers
 (both ways), the figures and HTML are written, and (if Debian's chromium is installed) the
 page renders in a real headless browser."""
 
@@ -18,12 +18,17 @@ from symaudit._io import atomic_write_json
 from symaudit.diagnostics.audit import AUDIT_FORMAT
 from symaudit.diagnostics.equivariance import EquivarianceResult
 from symaudit.diagnostics.influence import InfluenceResult
+from symaudit.diagnostics.shifts import influence_shift_set
 from symaudit.report import build_report, collect, findings
 from symaudit.report.findings import readings
 
 D4 = ["e", "r", "r2", "r3", "s", "rs", "r2s", "r3s"]
-SHIFTS = [0, 4, 8, 12]
-N = 6
+RES = 16
+SHIFTS = list(range(RES))  # errors: every shift
+# influence: the rule's set for the fixture's periods (UNet 4, ViT patch 2)
+INF = influence_shift_set([4, 2], RES)
+N = 6  # states per mini-batch (one family each)
+KWARGS = {"unet": {"mults": [1, 1, 1]}, "vit": {"patch": 2}, "gcnn": {}}
 
 
 def _report(reports_cols: int, rtol: float) -> dict:
@@ -36,77 +41,91 @@ def _report(reports_cols: int, rtol: float) -> dict:
         "products": 7 * reports_cols,
         "column_products": [7] * reports_cols,
         "restarts": 0,
-        "seconds": 1.5,
+        "seconds": 99.0,  # a block's time, repeated per column: the report must not sum it
         "history": [],
     }
 
 
+def _names(kind: str, shifts: list[int]) -> list[str]:
+    return D4 if kind == "d4" else [f"{kind[-1]}{s}" if s else "e" for s in shifts]
+
+
+def _influence(names: list[str], diag: np.ndarray, damping: float, seconds: float):
+    """Raw M^g with the given diagonal and fixed off-diagonal entries (unit norms)."""
+    g, n = diag.shape
+    gen = torch.Generator().manual_seed(1)
+    # the same for every element (as for an exactly equivariant model)
+    raw = (0.6 * torch.rand(n, n, generator=gen, dtype=torch.float64) - 0.3).repeat(g, 1, 1)
+    raw[:, range(n), range(n)] = torch.as_tensor(diag, dtype=torch.float64)
+    return InfluenceResult(
+        names,
+        raw,
+        torch.ones(n, dtype=torch.float64),
+        torch.ones(g, n, dtype=torch.float64),
+        damping,
+        reports={"test": _report(n, 5e-3)},
+        timings={"solve": seconds},
+        settings={"num_params": 1234, "audit": {"sweep_seconds": 3 * seconds}},
+        spectrum={"top_eigenvalue": 1.0},
+    )
+
+
+def _gspec(kind: str) -> dict:
+    if kind == "d4":
+        return {"kind": "d4", "text": kind}
+    return {"kind": "translations", "axis": kind[-1], "shifts": SHIFTS, "text": kind}
+
+
 def _audit(
-    path: Path,
-    arch: str,
-    seed: int,
-    error: dict,
-    defect: dict,
-    cos: dict,
-    families: list[str] | None = None,
+    path: Path, arch: str, seed: int, error: dict, defect: dict, diag: dict, fams: list[str]
 ) -> Path:
-    """Write an audit directory: per group kind, E_g (|G|, N), D_g and the cosine diagonal
-    (raw = cosine with unit norms, so Frobenius = cos / ||cos||_F per batch). With
-    ``families``, the batch holds N / len(families) consecutive states of each, in that
-    order (as ``symaudit audit`` records it)."""
-    specs = {"d4": ("d4", D4, {}), "shift-x": ("shift-x:4", [f"t{s}" for s in SHIFTS], {})}
+    """Write an audit directory with one mini-batch of N states per family (columns
+    f*N .. (f+1)*N-1 of every array are family f's). Per group kind: E_g and D_g at every
+    shift `(|G|, N*F)`, and the influence diagonal at the ``INF`` shifts, one array per
+    damping (a list) or one array for two dampings alike."""
     pieces = {}
-    for kind, (spec, names, _) in specs.items():
-        where = Path(spec.replace(":", "_")) / "batch0"
-        g = len(names)
-        # what Group.describe() stores: the report dispatches on the spec's kind
-        gspec = (
-            {"kind": "translations", "axis": "x", "shifts": SHIFTS, "text": spec}
-            if kind != "d4"
-            else {"kind": "d4", "text": spec}
-        )
-        EquivarianceResult(
-            names,
-            torch.as_tensor(error[kind], dtype=torch.float64),
-            torch.as_tensor(defect[kind], dtype=torch.float64),
-            group={"name": kind, "elements": names, "spec": gspec},
-            settings={"num_states": N, "resolution": [16, 16]},
-        ).save(path / where / "equivariance.pt")
-        # off-diagonal influence between different states, the same for every model
-        gen = torch.Generator().manual_seed(1)
-        raw = 0.6 * torch.rand(g, N, N, generator=gen, dtype=torch.float64) - 0.3
-        raw[:, range(N), range(N)] = torch.as_tensor(cos[kind], dtype=torch.float64)
-        InfluenceResult(
-            names,
-            raw,
-            torch.ones(N, dtype=torch.float64),
-            torch.ones(g, N, dtype=torch.float64),
-            1e-3,
-            reports={"test": _report(N, 5e-3)},
-            timings={"solve": 1.0},
-            settings={"num_params": 1234},
-        ).save(path / where / "influence.pt")
-        pieces[spec] = [
-            {
-                "equivariance": str(where / "equivariance.pt"),
-                "influence": str(where / "influence.pt"),
-                "sweep": [],
-                "time_index": 0,
-                "time": 0.0,
-            }
-        ]
+    for kind in ("d4", "shift-x", "shift-y"):
+        names, inf_names = _names(kind, SHIFTS), _names(kind, INF)
+        diags = diag[kind] if isinstance(diag[kind], list) else [diag[kind]] * 2
+        pieces[kind] = []
+        for f, fam in enumerate(fams):
+            cols = slice(f * N, (f + 1) * N)
+            where = Path(kind) / f"{fam}-batch0"
+            EquivarianceResult(
+                names,
+                torch.as_tensor(error[kind][:, cols], dtype=torch.float64),
+                torch.as_tensor(defect[kind][:, cols], dtype=torch.float64),
+                # what Group.describe() stores: the report dispatches on the spec's kind
+                group={"name": kind, "spec": _gspec(kind)},
+                settings={"num_states": N, "resolution": [RES, RES]},
+            ).save(path / where / "equivariance.pt")
+            for j, (name, lam) in enumerate((("influence.pt", 1e-3), ("sweep-0.pt", 1e-2))):
+                res = _influence(inf_names, diags[j][:, cols], lam, 1.0 + f + j)
+                res.save(path / where / name)
+            pieces[kind].append(
+                {
+                    "family": fam,
+                    "batch": 0,
+                    "equivariance": str(where / "equivariance.pt"),
+                    "influence": str(where / "influence.pt"),
+                    "sweep": [str(where / "sweep-0.pt")],
+                    "influence_elements": inf_names,
+                    "time_index": 0,
+                    "time": 0.0,
+                }
+            )
     preset = {"unet": "unet-tiny", "vit": "vit-tiny", "gcnn": "gcnn-tiny"}[arch]
     atomic_write_json(
         path / "audit.json",
         {
             "format": AUDIT_FORMAT,
             "complete": True,
-            "model": {"preset": preset, "architecture": arch, "kwargs": {}},
+            "model": {"preset": preset, "architecture": arch, "kwargs": KWARGS[arch]},
             "run": {"seed": seed},
-            "settings": {"per_family": N // len(families)} if families else {},
+            "settings": {"per_family": N, "damping": "auto:1e-3", "damping_sweep": ["auto:1e-2"]},
+            "families": fams,
             "pieces": pieces,
-        }
-        | ({"families": families} if families else {}),
+        },
     )
     e = float(np.mean(error["d4"][0]))
     atomic_write_json(
@@ -115,66 +134,102 @@ def _audit(
     return path
 
 
+def _rows(values: list[float], n: int) -> np.ndarray:
+    """`(len(values), n)`: one row per element, constant along states."""
+    return np.repeat(np.asarray(values, dtype=float)[:, None], n, axis=1)
+
+
 def _study(
     tmp: Path,
     *,
     vit_better: bool,
     families: dict[str, float] | None = None,
     vit_spike: np.ndarray | None = None,
+    vit_d4_influence: list | None = None,
 ) -> list[Path]:
-    """UNet, ViT and G-CNN audits with known numbers; ``families`` {name: error scale}, in
-    batch order, multiplies each family's states' errors by its scale; ``vit_spike``
-    `(shifts, N)` replaces the ViT's multiplier of its shift errors."""
+    """UNet, ViT and G-CNN audits built so that F1-F8 hold (``vit_better``: F1, F2), with
+    ``families`` {name: error scale} (one mini-batch each); ``vit_spike`` `(|shifts|, N*F)`
+    replaces the ViT's multiplier of its shift errors; ``vit_d4_influence`` its D4 influence
+    diagonal per damping."""
+    fams = families or {"ce-rp": 1.0}
+    n = N * len(fams)
     rng = np.random.default_rng(0)
-    base = rng.uniform(1.0, 2.0, size=N)
-    fams = list(families) if families else None
-    if families:
-        base = base * np.repeat(list(families.values()), N // len(families))
-    flat = np.ones((len(SHIFTS), 1))
+    base = rng.uniform(1.0, 2.0, size=n) * np.repeat(list(fams.values()), N)
+    s = np.asarray(INF)
     dirs = []
-    # UNet: error 1x untransformed, 1.2x transformed; flat along shifts; influence ~0.5
-    unet_d4 = np.vstack([base] + [1.2 * base] * 7)
+    # UNet: error 1x untransformed, 1.2x transformed; shift errors flat but for a bump at 4
+    # (where its influence resonates: shifts aligned with its period 4); D4 influence ~0.5
+    bump = np.where(np.asarray(SHIFTS) == 4, 1.1, 1.0)[:, None]
+    unet_inf = np.where(s == 0, 1.0, np.where(s % 4 == 0, 0.9, 0.5))
+    unet_d4 = np.vstack([np.ones(n)] + [rng.uniform(0.2, 0.8, n) for _ in range(7)])
+    f = 0.5 if vit_better else 2.0
     dirs.append(
         _audit(
             tmp / "unet",
             "unet",
             0,
-            {"d4": unet_d4, "shift-x": flat * base},
-            {"d4": np.full((8, N), 0.1), "shift-x": np.full((4, N), 0.01)},
             {
-                "d4": np.vstack([np.ones(N)] + [rng.uniform(0.2, 0.8, N) for _ in range(7)]),
-                "shift-x": np.vstack([np.ones(N)] + [rng.uniform(0.3, 0.9, N) for _ in range(3)]),
+                "d4": np.vstack([base] + [1.2 * base] * 7),
+                "shift-x": bump * base,
+                "shift-y": bump * base,
             },
-            fams,
+            {
+                "d4": np.full((8, n), 0.1),
+                "shift-x": np.full((RES, n), 0.01),
+                "shift-y": np.full((RES, n), 0.01),
+            },
+            {"d4": unet_d4, "shift-x": _rows(unet_inf, n), "shift-y": _rows(1.2 * unet_inf, n)},
+            list(fams),
         )
     )
-    # ViT: 0.5x (or 2x) untransformed, 1.25x transformed; a spike at one shift; influence ~0
-    f = 0.5 if vit_better else 2.0
-    spike = np.array([[1.0], [5.0], [1.0], [1.0]]) if vit_spike is None else vit_spike
+    # ViT: 0.5x (or 2x) untransformed, 1.25x transformed; half the UNet's shift error with a
+    # one-state spike at 5 and a bump at 6 (no influence resonance there); D4 influence ~0;
+    # shift influence decaying from s = 0
+    if vit_spike is None:
+        vit_spike = np.full((RES, n), 0.5)
+        vit_spike[5, ::N] = 2.5  # the first state of every family
+        vit_spike[6] = 0.6
+    vit_inf = np.where(s == 0, 1.0, 0.3 / (1 + s))
+    if vit_d4_influence is None:
+        vit_d4_influence = np.vstack([np.ones(n)] + [rng.uniform(-0.01, 0.01, n) for _ in range(7)])
     dirs.append(
         _audit(
             tmp / "vit",
             "vit",
             0,
-            {"d4": np.vstack([f * base] + [1.25 * base] * 7), "shift-x": spike * base},
-            {"d4": np.full((8, N), 0.2), "shift-x": np.full((4, N), 0.02)},
             {
-                "d4": np.vstack([np.ones(N)] + [rng.uniform(-0.01, 0.01, N) for _ in range(7)]),
-                "shift-x": np.vstack([np.ones(N)] + [rng.uniform(0.0, 0.05, N) for _ in range(3)]),
+                "d4": np.vstack([f * base] + [1.25 * base] * 7),
+                "shift-x": vit_spike * base,
+                "shift-y": vit_spike * base,
             },
-            fams,
+            {
+                "d4": np.full((8, n), 0.2),
+                "shift-x": np.full((RES, n), 0.02),
+                "shift-y": np.full((RES, n), 0.02),
+            },
+            {
+                "d4": vit_d4_influence,
+                "shift-x": _rows(vit_inf, n),
+                "shift-y": _rows(1.2 * vit_inf, n),
+            },
+            list(fams),
         )
     )
-    # G-CNN: exactly equivariant: same error for every g, zero defect, cosine 1 on the orbit
+    # G-CNN: exactly equivariant: same error for every g, zero defect, constant influence
+    flat = np.ones((RES, 1))
     dirs.append(
         _audit(
             tmp / "gcnn",
             "gcnn",
             0,
-            {"d4": np.vstack([base] * 8), "shift-x": flat * base},
-            {"d4": np.zeros((8, N)), "shift-x": np.zeros((4, N))},
-            {"d4": np.ones((8, N)), "shift-x": np.ones((4, N))},
-            fams,
+            {"d4": np.vstack([base] * 8), "shift-x": flat * base, "shift-y": flat * base},
+            {"d4": np.zeros((8, n)), "shift-x": np.zeros((RES, n)), "shift-y": np.zeros((RES, n))},
+            {
+                "d4": np.ones((8, n)),
+                "shift-x": np.ones((len(INF), n)),
+                "shift-y": np.ones((len(INF), n)),
+            },
+            list(fams),
         )
     )
     return dirs
@@ -184,22 +239,25 @@ def _status(dirs: list[Path]) -> dict[str, str]:
     return {f["id"]: f["status"] for f in findings(collect(dirs))}
 
 
+ALL = ("F1", "F2", "F3", "F4", "F5", "F6", "F7", "F8")
+
+
 def test_findings_follow_the_numbers_and_the_report_shows_them(tmp_path):
     dirs = _study(tmp_path / "a", vit_better=True)
     html = build_report(dirs, tmp_path / "ra")
-    assert _status(dirs) == {
-        "F1": "reproduced",
-        "F2": "reproduced",
-        "F3": "reproduced",
-        "F4": "reproduced",
-        "F5": "reproduced",
-    }
+    assert _status(dirs) == dict.fromkeys(ALL, "reproduced")
     text = html.read_text()
-    assert "not reproduced" not in text and text.count("<td><b>reproduced</b></td>") == 5
+    assert "not reproduced" not in text and text.count("<td><b>reproduced</b></td>") == 8
     for fig in sorted((tmp_path / "ra").glob("fig*.svg")):
         assert f"src='{fig.name}'" in text
     assert len(list((tmp_path / "ra").glob("fig*.png"))) == 9
     rep = json.loads((tmp_path / "ra" / "report.json").read_text())
+    # influence findings hold at both dampings (the same diagonals)
+    for f in rep["findings"]:
+        if f["id"] in ("F3", "F5", "F6", "F7", "F8"):
+            assert f["dampings"].startswith("reproduced at every λ"), f
+        else:
+            assert f["dampings"] == "independent of λ"
     # exact pooled medians: UNet untransformed median = median(base)
     rng = np.random.default_rng(0)
     base = rng.uniform(1.0, 2.0, size=N)
@@ -209,18 +267,39 @@ def test_findings_follow_the_numbers_and_the_report_shows_them(tmp_path):
     assert rep["models"]["vit-tiny"]["d4"]["median_error"][0] == pytest.approx(
         0.5 * float(np.median(base)), rel=1e-12
     )
-    # audits that recorded no families: one pooled panel, drawing every state
-    d4 = EquivarianceResult.load(dirs[0] / "d4" / "batch0" / "equivariance.pt").error.numpy()
-    assert list(rep["figures"]["fig2_d4_error"]) == ["all"]
-    drawn = rep["figures"]["fig2_d4_error"]["all"]["unet-tiny"]["median"]
-    assert drawn == pytest.approx(np.median(d4, axis=1), rel=1e-12)
+    d4 = EquivarianceResult.load(dirs[0] / "d4" / "ce-rp-batch0" / "equivariance.pt")
+    drawn = rep["figures"]["fig2_d4_error"]["ce-rp"]["unet-tiny"]["median"]
+    assert drawn == pytest.approx(np.median(d4.error.numpy(), axis=1), rel=1e-12)
+    # Figs 6-7 draw the influence at the rule's shifts, diagonal and off-diagonal
+    inf = InfluenceResult.load(dirs[1] / "shift-y" / "ce-rp-batch0" / "influence.pt")
+    drawn = rep["figures"]["fig7_shift-y_influence"]
+    frob = inf.frobenius.numpy()
+    assert drawn["frobenius"]["vit-tiny"]["median"] == pytest.approx(
+        np.median(np.diagonal(frob, axis1=1, axis2=2), axis=1), rel=1e-12
+    )
+    assert drawn["offdiag"]["vit-tiny"]["median"] == pytest.approx(
+        np.median(frob[:, ~np.eye(N, dtype=bool)], axis=1), rel=1e-12
+    )
+    assert rep["models"]["vit-tiny"]["shift-y"]["influence_shifts"] == INF
+    assert rep["models"]["vit-tiny"]["shift-y"]["shifts"] == SHIFTS
+    assert rep["models"]["unet-tiny"]["period"] == 4 and rep["models"]["vit-tiny"]["period"] == 2
 
 
-def _families_of_states(audit_dir: Path) -> np.ndarray:
-    """Family of each state of the audit's one batch, from audit.json as written."""
-    meta = json.loads((audit_dir / "audit.json").read_text())
-    per = meta["settings"]["per_family"]
-    return np.array([f for f in meta["families"] for _ in range(per)])
+def test_cg_time_is_the_wall_time_of_the_solves(tmp_path):
+    """Per-column solver reports each carry their block's time (99 s here); the report's CG
+    time is the solves' own wall time (timings["solve"]) summed over batches and dampings."""
+    dirs = _study(tmp_path / "t", vit_better=True, families={"ce-rp": 1.0, "ce-crp": 1.0})
+    html = build_report(dirs, tmp_path / "rt")
+    rep = json.loads((tmp_path / "rt" / "report.json").read_text())
+    # per kind: family f, damping j took 1 + f + j s -> (1 + 2) + (2 + 3) = 8 s; 3 kinds
+    for preset in ("unet-tiny", "vit-tiny", "gcnn-tiny"):
+        rows = rep["solver"][preset]
+        assert len(rows) == 3 * 2 * 2 and sorted({r["seconds"] for r in rows}) == [1, 2, 3]
+        assert rep["models"][preset]["audit_seconds"]["0"] == {
+            "solve_seconds": 24.0,
+            "influence_seconds": 3 * (1 + 2) * 3,
+        }
+    assert "<td class='num'>24.0</td><td class='num'>27.0</td>" in html.read_text()
 
 
 def test_error_figures_draw_one_panel_per_family_with_that_familys_states(tmp_path):
@@ -229,46 +308,37 @@ def test_error_figures_draw_one_panel_per_family_with_that_familys_states(tmp_pa
     dirs = _study(tmp_path / "f", vit_better=True, families=scales)
     build_report(dirs, tmp_path / "rf")
     figs = json.loads((tmp_path / "rf" / "report.json").read_text())["figures"]
-    shifts = {"fig4_shift-x_error": "shift-x_4"}
     for d in dirs:
         preset = json.loads((d / "audit.json").read_text())["model"]["preset"]
-        fam = _families_of_states(d)
-        d4 = EquivarianceResult.load(d / "d4" / "batch0" / "equivariance.pt").error.numpy()
         for f in scales:
-            sel = fam == f
-            assert sel.sum() == N // 2
+            d4 = EquivarianceResult.load(d / "d4" / f"{f}-batch0" / "equivariance.pt").error
+            d4 = d4.numpy()
             # Fig. 1: untransformed and D4-averaged medians of this family's states only
             drawn = figs["fig1_test_error"][f][preset]
-            assert drawn["untransformed"] == pytest.approx(np.median(d4[0, sel]), rel=1e-12)
-            assert drawn["d4_averaged"] == pytest.approx(np.median(d4.mean(0)[sel]), rel=1e-12)
+            assert drawn["untransformed"] == pytest.approx(np.median(d4[0]), rel=1e-12)
+            assert drawn["d4_averaged"] == pytest.approx(np.median(d4.mean(0)), rel=1e-12)
             # Fig. 2: per D4 element
             drawn = figs["fig2_d4_error"][f][preset]["median"]
-            assert drawn == pytest.approx(np.median(d4[:, sel], axis=1), rel=1e-12)
-            # Figs 4: median marker and 10-90 % whisker per shift
-            for fig_id, where in shifts.items():
-                err = EquivarianceResult.load(d / where / "batch0" / "equivariance.pt").error
-                err = err.numpy()[:, sel]
+            assert drawn == pytest.approx(np.median(d4, axis=1), rel=1e-12)
+            # Figs 4-5: median marker and 10-90 % whisker at every shift
+            for fig_id, kind in (
+                ("fig4_shift-x_error", "shift-x"),
+                ("fig5_shift-y_error", "shift-y"),
+            ):
+                err = EquivarianceResult.load(d / kind / f"{f}-batch0" / "equivariance.pt")
+                err = err.error.numpy()
                 drawn = figs[fig_id][f][preset]
+                assert len(drawn["median"]) == RES
                 assert drawn["median"] == pytest.approx(np.median(err, axis=1), rel=1e-12)
                 assert drawn["q10"] == pytest.approx(np.quantile(err, 0.1, axis=1), rel=1e-12)
                 assert drawn["q90"] == pytest.approx(np.quantile(err, 0.9, axis=1), rel=1e-12)
-        # the split is real: every CE-RP panel lies far below every CE-RPUI panel, whereas
-        # the pooled states span both scales
+        # the split is real: every CE-RP panel lies far below every CE-RPUI panel
         med = figs["fig2_d4_error"]
         assert max(med["ce-rp"][preset]["median"]) < 0.01 * min(med["ce-rpui"][preset]["median"])
-    for fig_id in ("fig1_test_error", "fig2_d4_error", *shifts):
+    for fig_id in ("fig1_test_error", "fig2_d4_error", "fig4_shift-x_error"):
         assert sorted(figs[fig_id]) == sorted(scales), fig_id
     # the findings keep their per-family verdicts (the scales cancel in per-family ratios)
-    assert _status(dirs)["F1"] == "reproduced" and _status(dirs)["F2"] == "reproduced"
-
-
-def test_a_family_record_that_does_not_match_the_batch_is_an_error(tmp_path):
-    dirs = _study(tmp_path / "m", vit_better=True, families={"ce-rp": 1.0, "ce-crp": 1.0})
-    meta = json.loads((dirs[0] / "audit.json").read_text())
-    meta["families"] = ["ce-rp", "ce-crp", "ce-rpui"]  # 3 x 3 states, but the batch has 6
-    atomic_write_json(dirs[0] / "audit.json", meta)
-    with pytest.raises(ValueError, match="mini-batch has 6 states"):
-        collect(dirs)
+    assert _status(dirs) == dict.fromkeys(ALL, "reproduced")
 
 
 def test_a_finding_that_fails_is_reported_as_not_reproduced(tmp_path):
@@ -277,12 +347,55 @@ def test_a_finding_that_fails_is_reported_as_not_reproduced(tmp_path):
     assert status["F5"] == "reproduced"
 
 
+def test_a_verdict_that_depends_on_the_damping_says_so(tmp_path):
+    """F3 holds at the first damping (ViT D4 influence ~0) and fails at the second (there
+    the ViT's is as large and variable as the UNet's): "some λ"."""
+    rng = np.random.default_rng(5)
+    small = np.vstack([np.ones(N)] + [rng.uniform(-0.01, 0.01, N) for _ in range(7)])
+    large = np.vstack([np.ones(N)] + [rng.uniform(-0.95, 0.95, N) for _ in range(7)])
+    dirs = _study(tmp_path / "l", vit_better=True, vit_d4_influence=[small, large])
+    f3 = next(f for f in findings(collect(dirs)) if f["id"] == "F3")
+    assert f3["status"] == "reproduced"
+    assert f3["dampings"] == (
+        "reproduced at some λ: auto:1e-3: reproduced; auto:1e-2: not reproduced"
+    )
+
+
+def test_f2_needs_the_advantage_to_vanish_not_just_shrink(tmp_path):
+    dirs = _study(tmp_path / "v", vit_better=True)
+    # the ViT keeps 30 % of its advantage on transformed inputs (UNet 1.2 base): F2 fails
+    for fam_dir in (dirs[1] / "d4").iterdir():
+        eq = EquivarianceResult.load(fam_dir / "equivariance.pt")
+        eq.error[1:] = 0.7 * 1.2 * eq.error[0] / 0.5
+        eq.save(fam_dir / "equivariance.pt")
+    status = _status(dirs)
+    assert status["F1"] == "reproduced" and status["F2"] == "not reproduced"
+
+
+def test_f6_f7_fail_when_the_architectures_swap(tmp_path):
+    """Swapping the UNet's and the ViT's audits breaks F6 (the UNet's influence must be the
+    larger and periodic one); swapping x and y breaks F7."""
+    dirs = _study(tmp_path / "w", vit_better=True)
+    for kind in ("shift-x", "shift-y"):
+        tmp = tmp_path / "swap"
+        shutil.move(dirs[0] / kind, tmp)
+        shutil.move(dirs[1] / kind, dirs[0] / kind)
+        shutil.move(tmp, dirs[1] / kind)
+    assert _status(dirs)["F6"] == "not reproduced"
+    for d in dirs[:2]:
+        shutil.move(d / "shift-x", d / "tmp")
+        shutil.move(d / "shift-y", d / "shift-x")
+        shutil.move(d / "tmp", d / "shift-y")
+    assert _status(dirs)["F7"] == "not reproduced"
+
+
 def test_a_defective_control_fails_f5(tmp_path):
     dirs = _study(tmp_path / "c", vit_better=True)
     # break the control: a nonzero defect for one element
-    eq = EquivarianceResult.load(dirs[2] / "d4" / "batch0" / "equivariance.pt")
+    path = dirs[2] / "d4" / "ce-rp-batch0" / "equivariance.pt"
+    eq = EquivarianceResult.load(path)
     eq.defect[3, 0] = 1e-3
-    eq.save(dirs[2] / "d4" / "batch0" / "equivariance.pt")
+    eq.save(path)
     assert _status(dirs)["F5"] == "not reproduced"
 
 
@@ -327,18 +440,17 @@ def test_cli_errors_are_clear(tmp_path):
 
 def test_f4_and_shift_readings_are_judged_within_each_family(tmp_path):
     """A ViT spike confined to the small family is invisible in medians pooled with a family
-    1000x larger (pooled max/min ~ 1.01) but is the finding: F4 must see it."""
-    spike = np.ones((len(SHIFTS), N))
-    spike[1, : N // 2] = 5.0  # the first (small) family only
+    1000x larger but is the finding: F4 must see it, in that family only."""
+    spike = np.full((RES, 2 * N), 0.5)
+    spike[5, 0] = 5.0  # one state of the first (small) family only
     fams = {"ce-rp": 1.0, "ce-rpui": 1000.0}
     dirs = _study(tmp_path / "s", vit_better=True, families=fams, vit_spike=spike)
     study = collect(dirs)
     vit = study.by_arch("vit").groups["shift-x"]
     small = np.asarray(vit.families) == "ce-rp"
-    pooled = np.median(vit.error, axis=1)
-    assert pooled.max() / pooled.min() < 1.1  # pooling hides the spike
-    within = np.median(vit.error[:, small], axis=1)
-    assert within.max() / within.min() == pytest.approx(5.0)
-    assert _status(dirs)["F4"] == "reproduced"
+    assert np.max(vit.error[:, small], axis=1).max() / np.median(vit.error[:, small]) > 5
+    f4 = next(f for f in findings(study) if f["id"] == "F4")
+    assert f4["status"] == "partly reproduced (1/2 families)", f4
+    assert "Holds: ce-rp yes, ce-rpui no" in f4["numbers"]
     text = readings(study)["shift-x_error"]
-    assert "CE-RP " in text and "CE-RPUI " in text and "max/min 5.00" in text
+    assert "CE-RP " in text and "CE-RPUI " in text

@@ -86,10 +86,10 @@ def audit(
         float | None,
         typer.Option(help="CG relative residual (default: 5e-3 UNet/G-CNN, 5e-2 ViT)."),
     ] = None,
-    test_batches: Annotated[int, typer.Option(help="Test mini-batches K.")] = 3,
+    test_batches: Annotated[int, typer.Option(help="Test mini-batches K per IC family.")] = 1,
     per_family: Annotated[
-        int, typer.Option(help="Trajectories of each IC family per mini-batch.")
-    ] = 1,
+        int, typer.Option(help="Trajectories N per mini-batch (all of one IC family).")
+    ] = 8,
     test_data: Annotated[
         list[Path] | None,
         typer.Option(help="Test dataset files/dirs (default: the run's held-out trajectories)."),

@@ -17,8 +17,12 @@ when complete, so an interrupted overwrite leaves the old audit intact (and resu
 
 Test transitions (the paper's protocol). The test trajectories are either given files
 (``test_data``: one file per initial-condition family) or the trajectories the run held out
-for validation. A mini-batch holds ``per_family`` full trajectories of every family; batch k
-takes the k-th such slice of each family, so batches are disjoint. Within a trajectory the
+for validation. As in the paper ("three test mini-batches comprising full trajectories for each
+of the three training-time classes"), every mini-batch holds ``per_family`` = N trajectories of
+*one* family; ``test_batches`` such batches per family, disjoint (batch k of family f: its
+trajectories kN .. (k+1)N-1). With the default metric batch "test", eta comes from that same
+mini-batch, so M^g and its Frobenius norm never mix families whose gradients differ by 10^5.
+Within a trajectory the
 transition depends on the group: D4 (and any non-translation group) at the first step of the
 rollout (x_0, x_1); translations at the latest time that is not on the boundary of the
 training window, i.e. (x_{t_-2}, x_{t_-1}) with t_-1 the last snapshot used in training.
@@ -61,7 +65,7 @@ __all__ = [
     "settings_digest",
 ]
 
-AUDIT_FORMAT = "symaudit-audit-1"
+AUDIT_FORMAT = "symaudit-audit-2"  # 2: one family per mini-batch
 #: relative dampings (fractions of eta's top eigenvalue) of ``--damping-sweep``
 DAMPING_SWEEP = ("auto:1e-4", "auto:1e-3", "auto:1e-2", "auto:1e-1")
 _PAPER_RTOL = {"unet": 5e-3, "gcnn": 5e-3, "vit": 5e-2}
@@ -106,18 +110,18 @@ class _TestSet:
     sources: dict[str, dict]
     times: torch.Tensor
 
-    def batch(self, k: int, per_family: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for fam, traj in self.families.items():
-            sel = traj[k * per_family : (k + 1) * per_family]
-            if sel.shape[0] < per_family:
-                raise AuditError(
-                    f"family {fam!r} has {traj.shape[0]} test trajectories, too few for "
-                    f"batch {k + 1} with {per_family} per family"
-                )
-            xs.append(sel[:, step])
-            ys.append(sel[:, step + 1])
-        return torch.cat(xs), torch.cat(ys)
+    def batch(
+        self, fam: str, k: int, per_family: int, step: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mini-batch k of family ``fam``: its trajectories k*N .. (k+1)*N-1 at ``step``."""
+        traj = self.families[fam]
+        sel = traj[k * per_family : (k + 1) * per_family]
+        if sel.shape[0] < per_family:
+            raise AuditError(
+                f"family {fam!r} has {traj.shape[0]} test trajectories, too few for "
+                f"batch {k + 1} of {per_family}"
+            )
+        return sel[:, step].contiguous(), sel[:, step + 1].contiguous()
 
 
 def _load_test_set(ckpt: dict, test_data: Sequence[str | os.PathLike] | None) -> _TestSet:
@@ -338,8 +342,9 @@ def run_audit(
     damping: float | str | None = None,
     damping_sweep: Sequence[float | str] | None = None,
     rtol: float | None = None,
-    test_batches: int = 3,
-    per_family: int = 1,
+    test_batches: int = 1,
+    per_family: int = 8,
+    influence_shifts: Sequence[int] | None = None,
     test_data: Sequence[str | os.PathLike] | None = None,
     metric_batch: str = "test",
     max_iter: int = 500,
@@ -361,8 +366,11 @@ def run_audit(
         damping_sweep: extra dampings computed with the same gradients and sketch (e.g.
             `DAMPING_SWEEP`), saved as ``sweep-<j>.pt``.
         rtol: CG relative residual; default `default_rtol` of the model's architecture.
-        test_batches, per_family: K mini-batches, each of ``per_family`` trajectories of every
-            initial-condition family (N = per_family x families states per batch).
+        test_batches, per_family: K mini-batches per initial-condition family, each of
+            N = ``per_family`` trajectories of that one family.
+        influence_shifts: for translation groups, the shifts whose influence is computed
+            (`symaudit.diagnostics.shifts.influence_shift_set`); equivariance errors cover
+            every element of the group. None: influence on every element too.
         test_data: dataset files/directories with the test trajectories (one family per file);
             default: the run's held-out (validation) trajectories.
         metric_batch: "test" (eta from the test batch itself) or "train:N".
@@ -374,8 +382,6 @@ def run_audit(
     Returns the audit directory. Influence solves that do not converge warn
     (`ConvergenceWarning`) and are recorded per column in the result files.
     """
-    from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
-    from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
     from symaudit.groups import from_spec
     from symaudit.training import SMSE, load_checkpoint
     from symaudit.training.checkpoint import CheckpointError, read_checkpoint
@@ -411,6 +417,7 @@ def run_audit(
         "rtol": rtol,
         "test_batches": test_batches,
         "per_family": per_family,
+        "influence_shifts": None if influence_shifts is None else sorted(influence_shifts),
         "test_data": test.sources,
         "metric_batch": metric_batch,
         "max_iter": max_iter,
@@ -434,7 +441,7 @@ def run_audit(
         "settings_digest": settings_digest([settings, _file_digest(ckpt_path)]),
         "device": str(device),
         "times": test.times.tolist(),
-        # order of the families within every mini-batch (per_family states each)
+        # families of the test data; each mini-batch is one of them (pieces' "family")
         "families": list(test.families),
         "complete": False,
     }
@@ -448,54 +455,57 @@ def run_audit(
         atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
     mbatch = _metric_batch(metric_batch, raw, seed=int(info.config.get("seed", 0)))
 
-    pieces: dict[str, list[dict]] = {}
-    total = len(groups) * test_batches
-    done = 0
+    pieces: dict[str, list[dict]] = {spec: [] for spec in groups}
+    fams = list(test.families)
+    built = {}
     for spec in groups:
         group = from_spec(spec, info.layout, resolution=resolution, dt=dt)
         step = n_times - 2 if _is_translation(spec) else 0
-        pieces[spec] = []
+        built[spec] = (group, _influence_elements(group, spec, influence_shifts), step)
+    solve = dict(
+        dampings=[damping, *sweep],
+        rtol=rtol,
+        max_iter=max_iter,
+        rank=rank,
+        cosine=cosine,
+        progress=progress,
+    )
+    clusters = _solve_clusters(list(groups))
+    total, done = len(clusters) * test_batches * len(fams), 0
+    for fam in fams:
         for k in range(test_batches):
-            done += 1
-            where = Path(_group_dir(spec)) / f"batch{k}"
-            piece = {
-                "equivariance": str(where / "equivariance.pt"),
-                "influence": str(where / "influence.pt"),
-                "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(sweep))],
-                "time_index": step,
-                "time": float(test.times[step]),
-            }
-            pieces[spec].append(piece)
-            batch = test.batch(k, per_family, step)
-            tag = f"[{done}/{total}] {spec} batch {k + 1}/{test_batches} (t = {piece['time']:.3g})"
-            if not _loads(EquivarianceResult, out / piece["equivariance"]):
-                say(f"{tag}: equivariance errors")
-                equivariance_error(model, batch, group, loss, device=device).save(
-                    out / piece["equivariance"]
+            for cluster in clusters:
+                done += 1
+                step = built[cluster[0]][2]
+                jobs = []
+                for spec in cluster:
+                    group, inf_group, _ = built[spec]
+                    where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
+                    piece = {
+                        "family": fam,
+                        "batch": k,
+                        "equivariance": str(where / "equivariance.pt"),
+                        "influence": str(where / "influence.pt"),
+                        "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(sweep))],
+                        "influence_elements": [g.name for g in inf_group],
+                        "time_index": step,
+                        "time": float(test.times[step]),
+                    }
+                    pieces[spec].append(piece)
+                    jobs.append((spec, group, inf_group, piece))
+                batch = test.batch(fam, k, per_family, step)
+                tag = f"[{done}/{total}] {'+'.join(cluster)} {fam} batch {k + 1}"
+                _audit_pieces(
+                    model,
+                    loss,
+                    batch,
+                    jobs,
+                    mbatch,
+                    out,
+                    tag + f" (t = {float(test.times[step]):.3g})",
+                    say,
+                    solve,
                 )
-            need = [piece["influence"], *piece["sweep"]]
-            if all(_loads(InfluenceResult, out / p) for p in need):
-                say(f"{tag}: influence already on disk")
-                continue
-            say(f"{tag}: influence, |G| = {len(group)}, N = {batch[0].shape[0]}, rtol {rtol:g}")
-            t0 = time.perf_counter()
-            results = influence_sweep(
-                model,
-                loss,
-                batch,
-                group,
-                mbatch,
-                dampings=[damping, *sweep],
-                rtol=rtol,
-                max_iter=max_iter,
-                rank=rank,
-                cosine=cosine,
-                progress=progress,
-            )
-            for p, res in zip(need, results, strict=True):
-                res.settings["audit"] = {"group_spec": spec, "batch": k, "time_index": step}
-                res.save(out / p)
-            say(f"{tag}: influence done in {time.perf_counter() - t0:.1f} s")
     meta["pieces"] = pieces
     meta["complete"] = True
     atomic_write_json(meta_path, meta)
@@ -530,6 +540,87 @@ def _build_dir(out: Path, digest: str, settings: dict, overwrite: bool) -> Path:
             "--overwrite"
         )
     return prepare_stage(out, keep=_digest_in(staging_path(out)) == digest)
+
+
+def _influence_elements(group, spec: str, shifts: Sequence[int] | None):
+    """The elements whose influence is computed: for a translation group with ``shifts``
+    given, those whose shift (along the group's axis) is in it; else the whole group."""
+    if shifts is None or not _is_translation(spec):
+        return group
+    keep = {int(s) for s in shifts} | {0}
+    return group.subset([g.name for g in group if all(c in keep for c in g.shift)])
+
+
+def _solve_clusters(groups: list[str]) -> list[list[str]]:
+    """Groups whose influence shares one computation: all translation groups (audited on
+    the same states, so one Nyström sketch and one test solve serve them all); every other
+    group alone."""
+    shifts = [g for g in groups if _is_translation(g)]
+    return [[g] for g in groups if not _is_translation(g)] + ([shifts] if shifts else [])
+
+
+def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, say, solve: dict):
+    """For one mini-batch: equivariance errors of each job's whole group, then influence on
+    the union of the jobs' influence elements in one `influence_sweep` (each skipped if on
+    disk), split back into one result per group. The first group's result carries the
+    solver reports and solve time; the others record that they share it."""
+    from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
+    from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
+
+    for spec, group, _, piece in jobs:
+        if not _loads(EquivarianceResult, out / piece["equivariance"]):
+            say(f"{tag}: {spec} equivariance errors over {len(group)} elements")
+            equivariance_error(model, batch, group, loss).save(out / piece["equivariance"])
+    need = [out / p for *_, piece in jobs for p in (piece["influence"], *piece["sweep"])]
+    if all(_loads(InfluenceResult, p) for p in need):
+        say(f"{tag}: influence already on disk")
+        return
+    union = {g.name: g for *_, inf_group, _ in jobs for g in inf_group}
+    say(f"{tag}: influence, |G| = {len(union)}, N = {batch[0].shape[0]}")
+    t0 = time.perf_counter()
+    results = influence_sweep(model, loss, batch, list(union.values()), mbatch, **solve)
+    seconds = time.perf_counter() - t0
+    for i, (spec, _, inf_group, piece) in enumerate(jobs):
+        for path, res in zip((piece["influence"], *piece["sweep"]), results, strict=True):
+            part = _select(res, [g.name for g in inf_group], shared=None if i == 0 else jobs[0][0])
+            part.settings["audit"] = {
+                "group_spec": spec,
+                "family": piece["family"],
+                "batch": piece["batch"],
+                "time_index": piece["time_index"],
+                # wall time of the whole sweep (all dampings share gradients and sketch);
+                # 0 for the groups that share another group's computation
+                "sweep_seconds": seconds if i == 0 else 0.0,
+                "solved_with": [j[0] for j in jobs],
+            }
+            part.save(out / path)
+    say(f"{tag}: influence done in {seconds:.1f} s")
+
+
+def _select(res, names: list[str], shared: str | None):
+    """The rows of ``res`` for the elements ``names``; with ``shared`` (the group that
+    carries the computation), without solver reports and with zero solve time, so that
+    totals over groups count every solve once."""
+    from dataclasses import replace
+
+    idx = [res.elements.index(n) for n in names]
+    qerr = dict(res.quadratic_form_error)
+    if "transformed" in qerr:
+        qerr["transformed"] = qerr["transformed"][idx]
+    tn = None if res.transformed_norms is None else res.transformed_norms[idx]
+    timings = dict(res.timings)
+    if shared is not None:
+        timings = {k: 0.0 for k in timings}
+    return replace(
+        res,
+        elements=list(names),
+        raw=res.raw[idx],
+        transformed_norms=tn,
+        quadratic_form_error=qerr,
+        reports={} if shared is not None else res.reports,
+        timings=timings,
+        settings={**res.settings, "group_elements": list(names)},
+    )
 
 
 def _loads(cls, path: Path) -> bool:

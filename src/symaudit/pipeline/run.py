@@ -149,6 +149,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     train_inputs = [u.name for u in units if u.name.startswith("generate/train/")]
     test_inputs = [u.name for u in units if u.name.startswith("generate/test/")]
 
+    shifts = _influence_shifts(preset)
     audits = []
     for mp in preset.models:
         for seed in preset.seeds:
@@ -182,10 +183,13 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
             audit_dir = out / "audits" / name
             audit_settings = dict(
                 groups=list(preset.groups),
-                damping=preset.damping,
+                damping=preset.dampings[0],
+                damping_sweep=list(preset.dampings[1:]),
                 rtol=mp.rtol,
                 test_batches=preset.test_batches,
                 per_family=preset.per_family,
+                influence_shifts=shifts,
+                cosine=preset.cosine,
                 max_iter=preset.max_iter,
                 rank=preset.rank,
             )
@@ -207,7 +211,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                     audit_settings,
                     [f"train/{name}", *test_inputs],
                     audit_dir,
-                    preset.test_batches * len(preset.groups) * res2 / 2e3,
+                    preset.test_batches * preset.per_family * len(preset.groups) * res2 / 5e3,
                     aud,
                     f"{mp.preset} seed {seed}",
                 )
@@ -226,6 +230,16 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
         )
     )
     return units
+
+
+def _influence_shifts(preset: StudyPreset) -> list[int]:
+    """The study-wide shift set of the influence audits (same for every model, so the
+    architectures are compared at the same shifts), by rule from the models' periods."""
+    from symaudit.diagnostics.shifts import influence_shift_set, natural_period
+    from symaudit.models.registry import model_config
+
+    periods = [natural_period(model_config(mp.preset, **mp.overrides)) for mp in preset.models]
+    return influence_shift_set(periods, preset.resolution)
 
 
 def _report(audits: list[Path], out: Path) -> None:

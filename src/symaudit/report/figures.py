@@ -72,6 +72,32 @@ def _median_whiskers(ax, study, i: int, shifts, values: np.ndarray) -> dict[str,
     }
 
 
+def _not_computed(ax) -> None:
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, "cosine normalisation not computed\n(audit: cosine=False)", ha="center")
+
+
+def _mark_periods(ax, study: StudyData) -> None:
+    """Dotted vertical lines at the non-zero multiples of each model's natural period (ViT
+    patch size, UNet down-sampling factor), in the model's colour, within the axis range."""
+    lo, hi = ax.get_xlim()
+    for i, m in enumerate(study.models):
+        if not m.period:
+            continue
+        name = ARCH_LABEL.get(m.architecture, m.preset)
+        xs = [x for x in range(m.period, int(hi) + 1, m.period) if x >= lo]
+        for k, x in enumerate(xs):
+            ax.axvline(
+                x,
+                color=_colour(study, i),
+                ls=":",
+                lw=1.2,
+                alpha=0.8,
+                label=f"{name} period {m.period}" if k == 0 else None,
+            )
+    ax.set_xlim(lo, hi)
+
+
 def _save(fig, out: Path, name: str, title: str, data: dict | None = None) -> Figure:
     fig.savefig(out / f"{name}.png", dpi=110, bbox_inches="tight")
     fig.savefig(out / f"{name}.svg", bbox_inches="tight")
@@ -256,33 +282,33 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     fig.suptitle("Transformed test error E_g = SMSE(f(g x_t), g x_t+1) per D4 element, per family")
     figs.append(_save(fig, out, "fig2_d4_error", "Fig. 2: E_g per D4 element", drawn))
 
-    # 3: influence per D4 element (Frobenius and cosine)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    # 3: influence per D4 element: Frobenius diagonal, off-diagonal, cosine (if computed)
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.2))
     _grouped_boxes(
-        axes[0],
-        study,
-        "d4",
-        lambda g: g.frobenius,
-        labels,
-        "M^g_ii / ||M^g||_F (dimensionless)",
-        legend=False,
+        axes[0], study, "d4", lambda g: g.frobenius, labels, "M^g_ii / ||M^g||_F", legend=False
     )
-    axes[0].set_title("Influence of x_i on g x_i, Frobenius-normalised (paper)")
-    have_cos = any(m.groups["d4"].cosine is not None for m in d4_models)
-    if have_cos:
+    axes[0].set_title("x_i on g x_i (diagonal), Frobenius-normalised (paper)")
+    _grouped_boxes(
+        axes[1], study, "d4", lambda g: g.offdiag, labels, "M^g_ij / ||M^g||_F, i ≠ j", legend=False
+    )
+    axes[1].set_title("x_i on g x_j, i ≠ j (off-diagonal), Frobenius-normalised")
+    if any(m.groups["d4"].cosine is not None for m in d4_models):
         _grouped_boxes(
-            axes[1],
+            axes[2],
             study,
             "d4",
             lambda g: g.cosine if g.cosine is not None else np.full_like(g.frobenius, np.nan),
             labels,
             "cosine of grad C_x and grad C_gx in the chi^-1 metric",
         )
-        axes[1].set_ylim(-1.05, 1.05)
-    axes[1].set_title("Influence, cosine-normalised (1 = update fully shared)")
-    for a in axes:
+        axes[2].set_ylim(-1.05, 1.05)
+        axes[2].set_title("Diagonal, cosine-normalised (1 = update fully shared)")
+    else:
+        _not_computed(axes[2])
+        _shared_legend(fig, axes[0])
+    for a in axes[:2]:
         a.set_xlabel("D4 element g")
-    figs.append(_save(fig, out, "fig3_d4_influence", "Fig. 3: influence M^g_ii per D4 element"))
+    figs.append(_save(fig, out, "fig3_d4_influence", "Fig. 3: influence M^g per D4 element"))
 
     # 4-7: shifts; errors one panel per family (own error scale each)
     for kind, axis_name, num in (("shift-x", "horizontal", 4), ("shift-y", "vertical", 5)):
@@ -300,6 +326,7 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
                 allv.append(v)
                 n = max(n, v.shape[1])
             _positive_log(ax, allv)
+            _mark_periods(ax, study)
             ax.set_xlabel(f"{axis_name} shift (grid cells)")
             ax.set_title(f"{fam.upper()} ({n} states per marker)", fontsize=10)
             ax.grid(alpha=0.3)
@@ -315,29 +342,38 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
             )
         )
     for kind, axis_name, num in (("shift-x", "horizontal", 6), ("shift-y", "vertical", 7)):
-        fig, axes = plt.subplots(1, 2, figsize=(13, 4))
-        for panel, (field_name, ylabel) in enumerate(
-            (("frobenius", "M^g_ii / ||M^g||_F"), ("cosine", "cosine-normalised M^g_ii"))
-        ):
-            ax = axes[panel]
+        fig, axes = plt.subplots(1, 3, figsize=(18, 4))
+        panels = (
+            ("frobenius", "M^g_ii / ||M^g||_F", "diagonal, Frobenius-normalised"),
+            ("offdiag", "M^g_ij / ||M^g||_F, i ≠ j", "off-diagonal, Frobenius-normalised"),
+            ("cosine", "cosine-normalised M^g_ii", "diagonal, cosine-normalised"),
+        )
+        drawn = {}
+        for ax, (field_name, ylabel, title) in zip(axes, panels, strict=True):
             for i, m in enumerate(study.models):
                 g = m.groups.get(kind)
-                if g is None or getattr(g, field_name) is None:
+                vals = None if g is None else getattr(g, field_name)
+                if vals is None or vals.size == 0:
                     continue
-                _median_whiskers(ax, study, i, g.shifts, getattr(g, field_name))
+                d = _median_whiskers(ax, study, i, g.inf_shifts, vals)
+                drawn.setdefault(field_name, {})[m.preset] = d
+            if not ax.lines:
+                _not_computed(ax)
+                continue
+            _mark_periods(ax, study)
             ax.set_xlabel(f"{axis_name} shift (grid cells)")
             ax.set_ylabel(f"{ylabel} (dimensionless)")
+            ax.set_title(f"Influence vs {axis_name} shift, {title}", fontsize=10)
             ax.grid(alpha=0.3)
             if ax.lines:
-                ax.legend(fontsize=8)
-        axes[0].set_title(f"Influence vs {axis_name} shift, Frobenius-normalised")
-        axes[1].set_title(f"Influence vs {axis_name} shift, cosine-normalised")
+                ax.legend(fontsize=7)
         figs.append(
             _save(
                 fig,
                 out,
                 f"fig{num}_{kind}_influence",
-                f"Fig. {num}: influence vs {axis_name} shift",
+                f"Fig. {num}: influence vs {axis_name} shift (rule-chosen shifts)",
+                drawn,
             )
         )
 

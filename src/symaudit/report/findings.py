@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +54,54 @@ def group_key(spec_text: str, group: dict) -> str:
 
 @dataclass
 class GroupData:
-    """Per element (rows, in group order) and pooled state (columns) values of one model."""
+    """One model's pooled values for one group kind.
+
+    Errors: per element of the whole audited group (rows, ``elements`` / ``shifts``) and pooled
+    state (columns). Influence: per element of the influence subset (``inf_elements`` /
+    ``inf_shifts``; for translations a rule-chosen set of shifts, `symaudit.diagnostics.shifts`)
+    and per damping (``dampings``, the audit's relative dampings in order, the first the main
+    one): the diagonal M^g_ii / ||M^g||_F per state, and the off-diagonal entries
+    M^g_ij / ||M^g||_F (i != j) of every mini-batch.
+    """
 
     spec: str
     elements: list[str]
     shifts: list[int]  # translations: the shift of each element in cells; else []
     error: np.ndarray  # (|G|, N) E_g
     defect: np.ndarray  # (|G|, N) D_g
-    frobenius: np.ndarray  # (|G|, N) diag of M^g / ||M^g||_F
-    cosine: np.ndarray | None  # (|G|, N) diag of the cosine-normalised M^g
+    families: list[str] = field(default_factory=list)  # (N,) family of each pooled state
+    inf_elements: list[str] = field(default_factory=list)
+    inf_shifts: list[int] = field(default_factory=list)
+    dampings: list[str] = field(default_factory=list)
+    frobenius_at: list[np.ndarray] = field(default_factory=list)  # per damping (|Gi|, N)
+    offdiag_at: list[np.ndarray] = field(default_factory=list)  # per damping (|Gi|, M)
+    off_families: list[str] = field(default_factory=list)  # (M,) family of each entry
+    # per damping: the paper's average over mini-batches of M^g / ||M^g||_F, (|Gi|, n, n)
+    # (None if the mini-batches differ in size)
+    paper_mean_at: list[np.ndarray | None] = field(default_factory=list)
+    kappa_at: list[float] = field(default_factory=list)  # per damping: max 1 + top eig / lambda
+    cosine: np.ndarray | None = None  # (|Gi|, N) main damping; None without cosine
     solver: list[dict] = field(default_factory=list)
-    families: list[str] = field(default_factory=list)  # (N,) initial-condition family per state
+
+    @property
+    def frobenius(self) -> np.ndarray:
+        return self.frobenius_at[0]
+
+    @property
+    def offdiag(self) -> np.ndarray:
+        return self.offdiag_at[0]
+
+    def at(self, j: int) -> GroupData:
+        """The same data with damping ``j`` as the main one (cosine only exists for 0)."""
+        return replace(
+            self,
+            frobenius_at=[self.frobenius_at[j]],
+            offdiag_at=[self.offdiag_at[j]],
+            paper_mean_at=[self.paper_mean_at[j]],
+            kappa_at=[self.kappa_at[j]],
+            dampings=[self.dampings[j]],
+            cosine=self.cosine if j == 0 else None,
+        )
 
 
 @dataclass
@@ -76,6 +113,8 @@ class ModelData:
     groups: dict[str, GroupData]
     test_errors: dict[int, dict]  # seed -> test_errors.json "all" entry
     family_errors: dict[int, dict] = field(default_factory=dict)  # seed -> {family: entry}
+    period: int | None = None  # natural shift period (ViT patch, UNet down-sampling factor)
+    timing: dict[int, dict] = field(default_factory=dict)  # seed -> audit wall times (s)
 
     @property
     def label(self) -> str:
@@ -90,28 +129,47 @@ class StudyData:
     def by_arch(self, arch: str) -> ModelData | None:
         return next((m for m in self.models if m.architecture == arch), None)
 
+    @property
+    def dampings(self) -> list[str]:
+        """The relative dampings every audited group has (the first is the main one)."""
+        lists = [g.dampings for m in self.models for g in m.groups.values()]
+        return min(lists, key=len) if lists else []
+
+    def at(self, j: int) -> StudyData:
+        """The study with damping ``j`` as the main one."""
+        models = [replace(m, groups={k: g.at(j) for k, g in m.groups.items()}) for m in self.models]
+        return StudyData(models, self.resolution)
+
 
 def _solver_rows(rec: AuditRecord, spec: str) -> list[dict]:
+    """One row per mini-batch and damping: every CG column of that influence computation
+    (test and cosine columns are solved together) and the solve's wall time."""
     rows = []
-    for k, res in enumerate(rec.influence[spec]):
-        for phase, rep in res.reports.items():
-            if not rep["iterations"]:
+    for piece, results in zip(rec.meta["pieces"][spec], _per_damping(rec, spec), strict=True):
+        for res in results:
+            reps = [r for r in res.reports.values() if r["iterations"]]
+            if not reps:
                 continue
+            its = [i for r in reps for i in r["iterations"]]
             rows.append(
                 {
                     "seed": rec.seed,
-                    "batch": k,
-                    "phase": phase,
-                    "columns": len(rep["iterations"]),
-                    "rtol": rep["rtol"],
-                    "max_residual": max(rep["residuals"]),
+                    "family": piece.get("family", "all"),
+                    "batch": piece.get("batch", 0),
+                    "columns": len(its),
+                    "rtol": reps[0]["rtol"],
+                    "max_residual": max(x for r in reps for x in r["residuals"]),
                     # eps (||chi|| ||u|| / ||b|| + 1): how accurate each residual is (krylov.py);
                     # None for audits written before it was recorded
-                    "max_attainable": max(rep["attainable"]) if rep.get("attainable") else None,
-                    "median_iterations": float(np.median(rep["iterations"])),
-                    "max_iterations": int(max(rep["iterations"])),
-                    "converged": int(sum(rep["converged"])),
-                    "seconds": float(rep["seconds"]),
+                    "max_attainable": max(
+                        (x for r in reps for x in r.get("attainable", [])), default=None
+                    ),
+                    "median_iterations": float(np.median(its)),
+                    "max_iterations": int(max(its)),
+                    "converged": int(sum(sum(r["converged"]) for r in reps)),
+                    # wall time of this damping's CG solves (not the per-column report times,
+                    # which each carry their whole block's time)
+                    "seconds": float(res.timings.get("solve", 0.0)),
                     "damping": res.damping,
                     "num_params": res.settings.get("num_params"),
                 }
@@ -119,23 +177,77 @@ def _solver_rows(rec: AuditRecord, spec: str) -> list[dict]:
     return rows
 
 
-def _state_families(rec: AuditRecord, n: int) -> list[str]:
-    """Family of each of the n states of one mini-batch: ``per_family`` consecutive states per
-    family, in the audit's batch order (``families`` in audit.json; older audits did not
-    record it and read their test files in sorted order; without any family information all
-    states are "all")."""
-    settings = rec.meta["settings"]
-    fams = rec.meta.get("families") or sorted(settings.get("test_data") or {})
-    if not fams:  # no family information recorded: one pooled group
-        return ["all"] * n
-    per = int(settings.get("per_family", 1))
-    out = [f for f in fams for _ in range(per)]
-    if len(out) != n:
-        raise ValueError(
-            f"{rec.path}: a mini-batch has {n} states but families {fams} x {per} per family "
-            f"give {len(out)}"
+def _per_damping(rec: AuditRecord, spec: str) -> list[list]:
+    """Per mini-batch, its influence results in damping order (main, then the sweep)."""
+    return [[inf, *sw] for inf, sw in zip(rec.influence[spec], rec.sweep[spec], strict=True)]
+
+
+def _damping_labels(rec: AuditRecord) -> list[str]:
+    st = rec.meta["settings"]
+    return [str(d) for d in [st.get("damping", "auto"), *st.get("damping_sweep", [])]]
+
+
+def _piece_family(rec: AuditRecord, spec: str, k: int) -> str:
+    return str(rec.meta["pieces"][spec][k].get("family", "all"))
+
+
+def _off_diagonal(m: np.ndarray) -> np.ndarray:
+    """`(|G|, n, n)` → the `(|G|, n(n-1))` entries with i != j (row-major)."""
+    n = m.shape[-1]
+    return m[:, ~np.eye(n, dtype=bool)]
+
+
+def _shift_of(eq) -> dict[str, int]:
+    """Element name → its shift along the group's axis (translations only)."""
+    spec = eq.group.get("spec", {})
+    return dict(zip(eq.elements, spec.get("shifts", []), strict=False))
+
+
+def _accumulate(acc: dict, rec: AuditRecord, spec: str) -> None:
+    eqs = rec.equivariance[spec]
+    for k, (eq, results) in enumerate(zip(eqs, _per_damping(rec, spec), strict=True)):
+        fam = _piece_family(rec, spec, k)
+        n = eq.error.shape[1]
+        acc["fam"] += [fam] * n
+        acc["e"].append(eq.error.numpy())
+        acc["d"].append(eq.defect.numpy())
+        frob = [r.frobenius.numpy() for r in results]
+        acc["f"].append([np.diagonal(f, axis1=1, axis2=2) for f in frob])
+        acc["o"].append([_off_diagonal(f) for f in frob])
+        acc["m"].append(frob)
+        acc["ofam"] += [fam] * (n * (n - 1))
+        acc["k"].append([1 + r.spectrum.get("top_eigenvalue", np.nan) / r.damping for r in results])
+        main = results[0]
+        acc["c"].append(
+            main.diagonal("cosine").numpy() if main.transformed_norms is not None else None
         )
-    return out
+
+
+def _finish(g: GroupData, acc: dict) -> None:
+    g.error = np.concatenate(acc["e"], axis=1)
+    g.defect = np.concatenate(acc["d"], axis=1)
+    g.families = acc["fam"]
+    nd = min(len(f) for f in acc["f"])
+    g.dampings = g.dampings[:nd]
+    g.frobenius_at = [np.concatenate([f[j] for f in acc["f"]], axis=1) for j in range(nd)]
+    g.offdiag_at = [np.concatenate([o[j] for o in acc["o"]], axis=1) for j in range(nd)]
+    g.off_families = acc["ofam"]
+    sizes = {m[0].shape for m in acc["m"]}
+    g.paper_mean_at = [
+        np.mean([m[j] for m in acc["m"]], axis=0) if len(sizes) == 1 else None for j in range(nd)
+    ]
+    g.kappa_at = [float(np.nanmax([k[j] for k in acc["k"]])) for j in range(nd)]
+    g.cosine = None if any(c is None for c in acc["c"]) else np.concatenate(acc["c"], axis=1)
+
+
+def _timing(rec: AuditRecord) -> dict[str, float]:
+    """Wall times of one audit (s): CG solves (all dampings) and whole influence sweeps."""
+    solve = sweep = 0.0
+    for spec in rec.influence:
+        for results in _per_damping(rec, spec):
+            solve += sum(float(r.timings.get("solve", 0.0)) for r in results)
+            sweep += float(results[0].settings.get("audit", {}).get("sweep_seconds", 0.0))
+    return {"solve_seconds": solve, "influence_seconds": sweep}
 
 
 def unique_dirs(dirs: Sequence[str | os.PathLike]) -> list[Path]:
@@ -164,6 +276,8 @@ def _check_distinct_checkpoints(records: list) -> None:
 
 def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
     """Load audits and pool them per model preset (models ordered UNet, ViT, G-CNN)."""
+    from symaudit.diagnostics.shifts import natural_period
+
     records = [load_audit(d) for d in unique_dirs(audit_dirs)]
     if not records:
         raise ValueError("no audit directories given")
@@ -172,44 +286,62 @@ def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
     parts: dict[tuple[str, str], dict[str, list]] = {}
     resolution: list[int] = []
     for rec in records:
-        m = models.setdefault(rec.model, ModelData(rec.model, rec.architecture, [], [], {}, {}))
+        m = models.setdefault(
+            rec.model,
+            ModelData(
+                rec.model,
+                rec.architecture,
+                [],
+                [],
+                {},
+                {},
+                period=natural_period(rec.meta["model"]),
+            ),
+        )
         m.seeds.append(rec.seed)
         m.audits.append(str(rec.path))
         m.test_errors[rec.seed] = rec.test_errors["all"]
         m.family_errors[rec.seed] = {k: v for k, v in rec.test_errors.items() if k != "all"}
+        m.timing[rec.seed] = _timing(rec)
         for spec in rec.equivariance:
             eqs, infs = rec.equivariance[spec], rec.influence[spec]
             kind = group_key(spec, eqs[0].group)
             if kind in m.groups and m.groups[kind].elements != list(eqs[0].elements):
                 kind = spec  # e.g. shift-x and shift-x:8 in one audit: keep them apart
+            resolution = eqs[0].settings.get("resolution", resolution)
             acc = parts.setdefault(
-                (rec.model, kind), {"e": [], "d": [], "f": [], "c": [], "fam": []}
+                (rec.model, kind),
+                {
+                    "e": [],
+                    "d": [],
+                    "f": [],
+                    "o": [],
+                    "m": [],
+                    "k": [],
+                    "c": [],
+                    "fam": [],
+                    "ofam": [],
+                },
             )
-            for eq, inf in zip(eqs, infs, strict=True):
-                acc["fam"] += _state_families(rec, eq.error.shape[1])
-                resolution = eq.settings.get("resolution", resolution)
-                acc["e"].append(eq.error.numpy())
-                acc["d"].append(eq.defect.numpy())
-                acc["f"].append(inf.diagonal("frobenius").numpy())
-                acc["c"].append(
-                    inf.diagonal("cosine").numpy() if inf.transformed_norms is not None else None
-                )
+            _accumulate(acc, rec, spec)
             g = m.groups.get(kind)
             if g is None:
                 spec_info = eqs[0].group.get("spec", {})
                 one_axis = spec_info.get("kind") == "translations" and spec_info.get("axis") != "xy"
-                shifts = list(spec_info.get("shifts", [])) if one_axis else []
+                shift = _shift_of(eqs[0]) if one_axis else {}
                 g = m.groups[kind] = GroupData(
-                    spec, list(eqs[0].elements), shifts, *(np.empty(0),) * 3, None
+                    spec,
+                    list(eqs[0].elements),
+                    [shift[e] for e in eqs[0].elements] if shift else [],
+                    np.empty(0),
+                    np.empty(0),
+                    inf_elements=list(infs[0].elements),
+                    inf_shifts=[shift[e] for e in infs[0].elements] if shift else [],
+                    dampings=_damping_labels(rec),
                 )
             g.solver.extend(_solver_rows(rec, spec))
     for (name, kind), acc in parts.items():
-        g = models[name].groups[kind]
-        g.error = np.concatenate(acc["e"], axis=1)
-        g.defect = np.concatenate(acc["d"], axis=1)
-        g.frobenius = np.concatenate(acc["f"], axis=1)
-        g.cosine = None if any(c is None for c in acc["c"]) else np.concatenate(acc["c"], axis=1)
-        g.families = acc["fam"]
+        _finish(models[name].groups[kind], acc)
     ordered = sorted(models.values(), key=lambda m: (_ARCH_ORDER.get(m.architecture, 9), m.preset))
     return StudyData(ordered, list(resolution))
 
@@ -223,13 +355,56 @@ def _iqr(x: np.ndarray) -> float:
     return float(q[1] - q[0])
 
 
+def _group_summary(kind: str, g: GroupData) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "spec": g.spec,
+        "elements": g.elements,
+        "shifts": g.shifts,
+        "median_error": [_med(r) for r in g.error],
+        "q10_error": [float(np.quantile(r, 0.1)) for r in g.error],
+        "q90_error": [float(np.quantile(r, 0.9)) for r in g.error],
+        "max_error": [float(r.max()) for r in g.error],
+        "median_defect": [_med(r) for r in g.defect],
+        "max_defect": [float(r.max()) for r in g.defect],
+        "num_states": int(g.error.shape[1]),
+        "influence_elements": g.inf_elements,
+        "influence_shifts": g.inf_shifts,
+        "dampings": g.dampings,
+        "median_frobenius": [[_med(r) for r in f] for f in g.frobenius_at],
+        "median_offdiagonal": [[_med(r) for r in o] for o in g.offdiag_at],
+        # the paper's statistic: mean over mini-batches of M^g / ||M^g||_F, then the mean of
+        # its diagonal and of its off-diagonal entries per element
+        "paper_mean_diagonal": [
+            None if pm is None else np.diagonal(pm, axis1=1, axis2=2).mean(1).tolist()
+            for pm in g.paper_mean_at
+        ],
+        "paper_mean_offdiagonal": [
+            None if pm is None else _off_diagonal(pm).mean(1).tolist() for pm in g.paper_mean_at
+        ],
+        "median_cosine": None if g.cosine is None else [_med(r) for r in g.cosine],
+    }
+    if kind == "d4":
+        fam = np.asarray(g.families)
+        entry["median_untransformed_error"] = _med(g.error[0])
+        entry["median_d4_averaged_error"] = _med(g.error.mean(0))
+        entry["family_median_untransformed_error"] = {
+            f: _med(g.error[0, fam == f]) for f in sorted(set(g.families))
+        }
+        entry["family_median_d4_averaged_error"] = {
+            f: _med(g.error.mean(0)[fam == f]) for f in sorted(set(g.families))
+        }
+    return entry
+
+
 def summary(study: StudyData) -> dict[str, Any]:
     """Every number the report shows, per model (medians and quantiles over pooled states)."""
     out: dict[str, Any] = {}
     for m in study.models:
         s: dict[str, Any] = {
             "architecture": m.architecture,
+            "period": m.period,
             "seeds": m.seeds,
+            "audit_seconds": {str(k): v for k, v in m.timing.items()},
             "test_one_step": {str(k): v["one_step"] for k, v in m.test_errors.items()},
             "persistence_one_step": {
                 str(k): v["persistence_one_step"] for k, v in m.test_errors.items()
@@ -243,32 +418,14 @@ def summary(study: StudyData) -> dict[str, Any]:
             },
         }
         for kind, g in m.groups.items():
-            entry = {
-                "spec": g.spec,
-                "elements": g.elements,
-                "shifts": g.shifts,
-                "median_error": [_med(r) for r in g.error],
-                "q10_error": [float(np.quantile(r, 0.1)) for r in g.error],
-                "q90_error": [float(np.quantile(r, 0.9)) for r in g.error],
-                "median_defect": [_med(r) for r in g.defect],
-                "max_defect": [float(r.max()) for r in g.defect],
-                "median_frobenius": [_med(r) for r in g.frobenius],
-                "median_cosine": None if g.cosine is None else [_med(r) for r in g.cosine],
-                "num_states": int(g.error.shape[1]),
-            }
-            if kind == "d4":
-                entry["median_untransformed_error"] = _med(g.error[0])
-                entry["median_d4_averaged_error"] = _med(g.error.mean(0))
-                fam = np.asarray(g.families)
-                entry["family_median_untransformed_error"] = {
-                    f: _med(g.error[0, fam == f]) for f in sorted(set(g.families))
-                }
-                entry["family_median_d4_averaged_error"] = {
-                    f: _med(g.error.mean(0)[fam == f]) for f in sorted(set(g.families))
-                }
-            s[kind] = entry
+            s[kind] = _group_summary(kind, g)
         out[m.preset] = s
     return out
+
+
+def _fam_mask(g: GroupData, n: int, fam: str, off: bool = False) -> np.ndarray:
+    labels = g.off_families if off else g.families
+    return np.asarray(labels) == fam if labels else np.full(n, fam == "all")
 
 
 def _by_family(g: GroupData, values: np.ndarray) -> dict[str, float]:
@@ -277,143 +434,350 @@ def _by_family(g: GroupData, values: np.ndarray) -> dict[str, float]:
     return {f: _med(values[fam == f]) for f in sorted(set(fam.tolist()))}
 
 
-def _family_rows(g: GroupData, values: np.ndarray) -> dict[str, np.ndarray]:
-    """Per family, the median over its states of ``values`` `(|G|, N)`: `(|G|,)` each."""
+def _family_rows(g: GroupData, values: np.ndarray, how=np.median) -> dict[str, np.ndarray]:
+    """Per family, ``how`` (median) over its states of ``values`` `(|G|, N)`: `(|G|,)` each."""
     fam = np.asarray(g.families) if g.families else np.full(values.shape[-1], "all")
-    return {f: np.median(values[:, fam == f], axis=1) for f in sorted(set(fam.tolist()))}
-
-
-def _geo_ratio(a: dict[str, float], b: dict[str, float], fams: list[str]) -> float:
-    """exp(mean_f log(a_f / b_f)): a scale-free average of per-family ratios."""
-    logs = [np.log(max(a[f], 1e-300) / max(b[f], 1e-300)) for f in fams]
-    return float(np.exp(np.mean(logs))) if logs else float("nan")
+    return {f: how(values[:, fam == f], axis=1) for f in sorted(set(fam.tolist()))}
 
 
 def _status(ok: bool | None) -> str:
     return "not testable" if ok is None else ("reproduced" if ok else "not reproduced")
 
 
-def _untestable(fid: str, why: str) -> dict[str, str]:
-    return dict(id=fid, claim=why, criterion="-", numbers="-", status=_status(None))
+def _family_status(per: dict[str, bool]) -> str:
+    """reproduced in every family, partly (in some), or not (in none)."""
+    k = sum(per.values())
+    if per and k == len(per):
+        return "reproduced"
+    return f"partly reproduced ({k}/{len(per)} families)" if k else "not reproduced"
+
+
+def _untestable(fid: str, claim: str, why: str) -> dict[str, str]:
+    return dict(id=fid, claim=claim, criterion=why, numbers="-", status=_status(None), dampings="-")
+
+
+def _verdicts(per: dict[str, bool]) -> str:
+    return ", ".join(f"{f} {'yes' if ok else 'no'}" for f, ok in per.items())
+
+
+def _pair(study: StudyData, kind: str) -> tuple[GroupData, GroupData] | None:
+    u, v = study.by_arch("unet"), study.by_arch("vit")
+    if u is None or v is None or kind not in u.groups or kind not in v.groups:
+        return None
+    return u.groups[kind], v.groups[kind]
+
+
+_CLAIMS = {
+    "F1": "The ViT beats the UNet on untransformed test data.",
+    "F2": "The ViT's advantage vanishes on D4-transformed inputs (it degenerates to the "
+    "UNet's level).",
+    "F3": "ViT D4 influence is near zero; the UNet's is larger and more variable.",
+    "F4": "Along translations the ViT's typical error stays below the UNet's, but exceptional "
+    "inputs produce isolated spikes.",
+    "F5": "The exactly equivariant control has zero defect and constant influence.",
+    "F6": "Translation influence: the UNet's is larger than the ViT's and periodic with its "
+    "down-sampling factor; the ViT's decays away from zero shift, its periodic part suppressed.",
+    "F7": "Horizontal-vertical anisotropy: vertical shifts overlap more than horizontal ones.",
+    "F8": "Some error peaks along translations coincide with influence resonances, others do not.",
+}
+#: F2: "vanished" = the ViT's transformed-input error is at least this fraction of the UNet's
+VANISH = 0.9
+#: F4: the ViT's spike index must exceed the UNet's by this factor
+SPIKE = 1.1
+
+
+def _f1_f2(study: StudyData) -> list[dict[str, str]]:
+    pair = _pair(study, "d4")
+    if pair is None:
+        return [
+            _untestable(f, _CLAIMS[f], "needs a UNet and a ViT audited on d4") for f in ("F1", "F2")
+        ]
+    du, dv = pair
+    ue, ve = _by_family(du, du.error[0]), _by_family(dv, dv.error[0])
+    ut, vt = _by_family(du, du.error[1:].mean(0)), _by_family(dv, dv.error[1:].mean(0))
+    fams = [f for f in ue if f in ve]
+    f1 = {f: ve[f] < ue[f] for f in fams}
+    f2 = {f: f1[f] and vt[f] >= VANISH * ut[f] for f in fams}
+    r_e = "; ".join(f"{f}: ViT {ve[f]:.4g} / UNet {ue[f]:.4g} = {ve[f] / ue[f]:.3f}" for f in fams)
+    r_t = "; ".join(f"{f}: ViT {vt[f]:.4g} / UNet {ut[f]:.4g} = {vt[f] / ut[f]:.3f}" for f in fams)
+    return [
+        dict(
+            id="F1",
+            claim=_CLAIMS["F1"],
+            criterion="per family: median E_e(ViT) < median E_e(UNet) (first step)",
+            numbers=f"median E_e {r_e}. Holds: {_verdicts(f1)}",
+            status=_family_status(f1),
+            dampings="independent of λ",
+        ),
+        dict(
+            id="F2",
+            claim=_CLAIMS["F2"],
+            criterion=f"per family: F1 holds and median over states of mean_(g≠e) E_g(ViT) "
+            f">= {VANISH} x the UNet's (the advantage is gone, to within {1 - VANISH:.0%})",
+            numbers=f"median mean_(g≠e) E_g {r_t}. Holds: {_verdicts(f2)}",
+            status=_family_status(f2),
+            dampings="independent of λ",
+        ),
+    ]
+
+
+def _f3(study: StudyData) -> tuple[dict[str, bool], str] | None:
+    pair = _pair(study, "d4")
+    if pair is None:
+        return None
+    du, dv = pair
+    per, txt = {}, []
+    for f in sorted(set(du.families) & set(dv.families)):
+        fu = du.frobenius[1:, _fam_mask(du, du.error.shape[1], f)].ravel()
+        fv = dv.frobenius[1:, _fam_mask(dv, dv.error.shape[1], f)].ravel()
+        mu, mv = _med(np.abs(fu)), _med(np.abs(fv))
+        iu, iv = _iqr(fu), _iqr(fv)
+        per[f] = mv < mu and iv < iu
+        txt.append(f"{f}: ViT {mv:.3g} (IQR {iv:.3g}), UNet {mu:.3g} (IQR {iu:.3g})")
+    return per, "median |M^g_ii / ||M^g||_F| over g ≠ e " + "; ".join(txt)
+
+
+def _f4(study: StudyData) -> dict[str, str]:
+    per, txt = {}, []
+    for kind in ("shift-x", "shift-y"):
+        pair = _pair(study, kind)
+        if pair is None:
+            continue
+        gu, gv = pair
+        # per family: typical error = median over shifts of the per-shift median over states;
+        # spike index = max over shifts of the per-shift maximum over states / typical
+        mu, mv = _family_rows(gu, gu.error), _family_rows(gv, gv.error)
+        xu, xv = _family_rows(gu, gu.error, np.max), _family_rows(gv, gv.error, np.max)
+        for f in sorted(set(mu) & set(mv)):
+            tu, tv = float(np.median(mu[f])), float(np.median(mv[f]))
+            su, sv = float(xu[f].max() / tu), float(xv[f].max() / tv)
+            ok = tv < tu and sv > SPIKE * su
+            per[f] = per.get(f, False) or ok
+            s_at = gv.shifts[int(np.argmax(xv[f]))]
+            txt.append(
+                f"{kind} {f}: typical ViT {tv:.3g} vs UNet {tu:.3g}; spike index ViT {sv:.3g} "
+                f"(at shift {s_at}) vs UNet {su:.3g}"
+            )
+    if not per:
+        return _untestable("F4", _CLAIMS["F4"], "needs a UNet and a ViT audited on shifts")
+    return dict(
+        id="F4",
+        claim=_CLAIMS["F4"],
+        criterion="per family, on either shift axis (errors at every shift): the ViT's typical "
+        "error (median over shifts of the per-shift median over states) is below the UNet's, "
+        f"and its spike index (max over shifts of the per-shift maximum over states / typical) "
+        f"exceeds the UNet's by > {SPIKE - 1:.0%}",
+        numbers="; ".join(txt) + f". Holds: {_verdicts(per)}",
+        status=_family_status(per),
+        dampings="independent of λ",
+    )
+
+
+def _f5(study: StudyData) -> tuple[bool, str] | None:
+    gcnn = study.by_arch("gcnn")
+    if gcnn is None or not gcnn.groups:
+        return None
+    dmax = max(float(g.defect.max()) for g in gcnn.groups.values())
+    emed = max(_med(g.error[0]) for g in gcnn.groups.values())
+    # influence constancy: grad C_gx = grad C_x exactly for an exactly equivariant model, so
+    # M^g_ii - M^e_ii is float32 rounding of the gradients (~1e-6 relative) amplified by at
+    # most the condition number kappa = 1 + lambda_max / lambda of chi
+    spread, tol = 0.0, 0.0
+    for g in gcnn.groups.values():
+        vals = g.cosine if g.cosine is not None else g.frobenius
+        ref = np.abs(vals[:1]).clip(1e-300)
+        spread = max(spread, float((np.abs(vals - vals[:1]) / ref).max()))
+        tol = max(tol, 1e-6 * g.kappa_at[0])
+    ok = dmax <= 1e-6 * max(emed, 1e-12) + 1e-9 and spread <= tol
+    return ok, (
+        f"max D_g {dmax:.3g} (median E_e {emed:.3g}); max relative |M^g_ii - M^e_ii| "
+        f"{spread:.3g} (tolerance 1e-6 κ = {tol:.3g})"
+    )
+
+
+def _aligned(shifts: list[int], p: int | None) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(shifts)
+    nz = s != 0
+    if not p:
+        return nz & False, nz
+    return nz & (s % p == 0), nz & (s % p != 0)
+
+
+def _contrast(vals: np.ndarray, shifts: list[int], p: int | None) -> float:
+    """mean over non-zero shifts aligned with p / mean over non-aligned ones."""
+    al, na = _aligned(shifts, p)
+    if not al.any() or not na.any():
+        return float("nan")
+    return float(vals[al].mean() / max(vals[na].mean(), 1e-300))
+
+
+def _f6(study: StudyData) -> tuple[dict[str, bool], str] | None:
+    per, txt = {}, []
+    pu = study.by_arch("unet").period if study.by_arch("unet") else None
+    pv = study.by_arch("vit").period if study.by_arch("vit") else None
+    for kind in ("shift-x", "shift-y"):
+        pair = _pair(study, kind)
+        if pair is None:
+            continue
+        gu, gv = pair
+        mu, mv = _family_rows(gu, gu.frobenius), _family_rows(gv, gv.frobenius)
+        s = gu.inf_shifts
+        nz = np.asarray(s) != 0
+        for f in sorted(set(mu) & set(mv)):
+            lu, lv = float(np.median(mu[f][nz])), float(np.median(mv[f][nz]))
+            cu, cv = _contrast(mu[f], s, pu), _contrast(mv[f], gv.inf_shifts, pv)
+            decay = float(mv[f][~nz].mean()) > float(np.median(mv[f][nz]))
+            ok = lu > lv and cu > 1 and decay and cv < cu
+            per[f] = per.get(f, True) and ok
+            txt.append(
+                f"{kind} {f}: median over s≠0 UNet {lu:.3g} vs ViT {lv:.3g}; aligned/non-aligned "
+                f"UNet {cu:.3g} (p={pu}), ViT {cv:.3g} (p={pv}); ViT s=0 "
+                f"{float(mv[f][~nz].mean()):.3g} vs s≠0 {lv:.3g}"
+            )
+    if not per:
+        return None
+    return per, "; ".join(txt)
+
+
+def _f7(study: StudyData) -> tuple[dict[str, bool], str] | None:
+    per, txt = {}, []
+    for m in (study.by_arch("unet"), study.by_arch("vit")):
+        if m is None or "shift-x" not in m.groups or "shift-y" not in m.groups:
+            return None
+        gx, gy = m.groups["shift-x"], m.groups["shift-y"]
+        rx, ry = _family_rows(gx, gx.frobenius), _family_rows(gy, gy.frobenius)
+        nzx, nzy = np.asarray(gx.inf_shifts) != 0, np.asarray(gy.inf_shifts) != 0
+        for f in sorted(set(rx) & set(ry)):
+            hx, vy = float(np.median(rx[f][nzx])), float(np.median(ry[f][nzy]))
+            per[f] = per.get(f, True) and vy > hx
+            txt.append(
+                f"{ARCH_LABEL[m.architecture]} {f}: vertical {vy:.3g} vs horizontal {hx:.3g}"
+            )
+    return per, "median over s≠0 of the per-shift median M^g_ii/||M^g||_F: " + "; ".join(txt)
+
+
+def _peaks(vals: np.ndarray, keep: np.ndarray) -> set[int]:
+    """Indices (among ``keep``) of strict local maxima above the median of the kept values."""
+    idx = np.flatnonzero(keep)
+    v = vals[idx]
+    med = np.median(v)
+    out = set()
+    for j in range(len(idx)):
+        left = v[j - 1] if j > 0 else -np.inf
+        right = v[j + 1] if j + 1 < len(idx) else -np.inf
+        if v[j] > med and v[j] > left and v[j] > right:
+            out.add(int(idx[j]))
+    return out
+
+
+def _f8(study: StudyData) -> tuple[dict[str, bool], str] | None:
+    per: dict[str, list[int]] = {}
+    txt = []
+    for m in (study.by_arch("unet"), study.by_arch("vit")):
+        for kind in ("shift-x", "shift-y"):
+            if m is None or kind not in m.groups:
+                continue
+            g = m.groups[kind]
+            pos = [g.shifts.index(s) for s in g.inf_shifts]  # error rows at influence shifts
+            err = _family_rows(g, g.error[pos])
+            inf = _family_rows(g, g.frobenius)
+            nz = np.asarray(g.inf_shifts) != 0
+            for f in sorted(set(err) & set(inf)):
+                ep, ip = _peaks(err[f], nz), _peaks(inf[f], nz)
+                hit = sorted(ep & ip)
+                c = per.setdefault(f, [0, 0])
+                c[0] += len(hit)
+                c[1] += len(ep) - len(hit)
+                txt.append(
+                    f"{ARCH_LABEL[m.architecture]} {kind} {f}: error peaks at "
+                    f"{[g.inf_shifts[i] for i in sorted(ep)]}, resonances at "
+                    f"{[g.inf_shifts[i] for i in sorted(ip)]}"
+                )
+    if not per:
+        return None
+    ok = {f: c[0] > 0 and c[1] > 0 for f, c in per.items()}
+    counts = ", ".join(f"{f} {c[0]} coincide / {c[1]} do not" for f, c in per.items())
+    return ok, "; ".join(txt) + f". Peaks: {counts}"
+
+
+_INFLUENCE = {
+    "F3": (
+        _f3,
+        "per family, over g ≠ e: median and IQR of |M^g_ii / ||M^g||_F| both smaller for "
+        "the ViT than for the UNet",
+    ),
+    "F6": (
+        _f6,
+        "per family, on both shift axes (influence at the rule-chosen shifts): median over "
+        "s ≠ 0 of the per-shift median M^g_ii/||M^g||_F larger for the UNet; UNet "
+        "aligned/non-aligned ratio (shifts multiple of its down-sampling factor vs not) > 1; "
+        "the ViT's s = 0 value above its median over s ≠ 0 (decay) and its own "
+        "aligned/non-aligned ratio (patch size) below the UNet's",
+    ),
+    "F7": (
+        _f7,
+        "per family, for the UNet and the ViT: median over s ≠ 0 of the per-shift median "
+        "M^g_ii/||M^g||_F larger for vertical (shift-y) than horizontal (shift-x) shifts",
+    ),
+    "F8": (
+        _f8,
+        "per family, pooled over UNet/ViT and both axes, on the influence shifts s ≠ 0: a "
+        "peak is a strict local maximum above the median of the per-shift medians; at least "
+        "one error peak at an influence resonance and at least one elsewhere",
+    ),
+}
+
+
+def _influence_row(study: StudyData, fid: str) -> dict[str, str]:
+    fn, criterion = _INFLUENCE[fid]
+    labels = study.dampings
+    per_lambda = [fn(study.at(j)) for j in range(len(labels))]
+    if not per_lambda or per_lambda[0] is None:
+        return _untestable(fid, _CLAIMS[fid], "needs a UNet and a ViT audited on these groups")
+    per, nums = per_lambda[0]
+    return dict(
+        id=fid,
+        claim=_CLAIMS[fid],
+        criterion=criterion,
+        numbers=f"at λ = {labels[0]}: {nums}. Holds: {_verdicts(per)}",
+        status=_family_status(per),
+        dampings=_robustness(labels, [_family_status(r[0]) for r in per_lambda]),
+    )
+
+
+def _robustness(labels: list[str], statuses: list[str]) -> str:
+    """Whether the verdict "reproduced" holds at every damping, some, or none."""
+    ok = [s == "reproduced" for s in statuses]
+    word = "every λ" if all(ok) else ("some λ" if any(ok) else "no λ")
+    return f"reproduced at {word}: " + "; ".join(
+        f"{lab}: {st}" for lab, st in zip(labels, statuses, strict=True)
+    )
 
 
 def findings(study: StudyData) -> list[dict[str, str]]:
-    """The paper's findings F1–F5 judged on this study, each with its criterion and numbers."""
-    unet, vit, gcnn = (study.by_arch(a) for a in ("unet", "vit", "gcnn"))
-    rows = []
-
-    def d4(m):
-        return None if m is None else m.groups.get("d4")
-
-    du, dv = d4(unet), d4(vit)
-    # F1, F2: per family, medians over its test states of E_e and of E_g over g != e; the
-    # families' error scales differ by orders of magnitude, so their ViT/UNet ratios are
-    # combined by a geometric mean rather than pooling the states
-    if du is not None and dv is not None:
-        ue, ve = _by_family(du, du.error[0]), _by_family(dv, dv.error[0])
-        ut, vt = _by_family(du, du.error[1:].mean(0)), _by_family(dv, dv.error[1:].mean(0))
-        fams = [f for f in ue if f in ve]
-        gap_e, gap_t = 1 - _geo_ratio(ve, ue, fams), 1 - _geo_ratio(vt, ut, fams)
-        per_e = "; ".join(f"{f}: ViT {ve[f]:.4g}, UNet {ue[f]:.4g}" for f in fams)
-        per_t = "; ".join(f"{f}: ViT {vt[f]:.4g}, UNet {ut[f]:.4g}" for f in fams)
-        rows.append(
-            dict(
-                id="F1",
-                claim="The ViT beats the UNet on untransformed test data.",
-                criterion="geometric mean over families of median E_e(ViT) / median E_e(UNet) < 1",
-                numbers=f"median E_e {per_e} (ViT lower by {gap_e:.1%})",
-                status=_status(gap_e > 0),
-            )
-        )
-        rows.append(
-            dict(
-                id="F2",
-                claim="The ViT's advantage vanishes on D4-transformed inputs.",
-                criterion="F1 holds and the relative gap on transformed inputs (mean of E_g "
-                "over g != e) is at most half the untransformed gap",
-                numbers=f"median mean_(g!=e) E_g {per_t}; gap "
-                f"{gap_e:.1%} untransformed vs {gap_t:.1%} transformed",
-                status=_status(gap_e > 0 and gap_t <= gap_e / 2),
-            )
-        )
+    """The paper's findings F1–F8 judged on this study, each with its criterion, its numbers
+    per family, its verdict at the main damping and whether it holds at every damping."""
+    rows = _f1_f2(study)
+    rows.append(_influence_row(study, "F3"))
+    rows.append(_f4(study))
+    labels = study.dampings
+    f5 = [_f5(study.at(j)) for j in range(len(labels))] if labels else [None]
+    if f5[0] is None:
+        rows.append(_untestable("F5", _CLAIMS["F5"], "needs the G-CNN control"))
     else:
-        rows += [_untestable(fid, "needs a UNet and a ViT audited on d4") for fid in ("F1", "F2")]
-    # F3: Frobenius-normalised D4 influence off the identity
-    if du is not None and dv is not None:
-        fu, fv = du.frobenius[1:].ravel(), dv.frobenius[1:].ravel()
-        mu, mv, iu, iv = _med(np.abs(fu)), _med(np.abs(fv)), _iqr(fu), _iqr(fv)
-        cos = ""
-        if du.cosine is not None and dv.cosine is not None:
-            cos = (
-                f"; cosine: ViT {_med(dv.cosine[1:].ravel()):.3g}, "
-                f"UNet {_med(du.cosine[1:].ravel()):.3g}"
-            )
-        rows.append(
-            dict(
-                id="F3",
-                claim="ViT D4 influence is near zero; the UNet's is larger and more variable.",
-                criterion="over g != e: median |M^g_ii/||M^g||_F| and its IQR both smaller "
-                "for the ViT than for the UNet",
-                numbers=f"median |Frobenius-normalised M^g_ii|: ViT {mv:.3g} (IQR {iv:.3g}), "
-                f"UNet {mu:.3g} (IQR {iu:.3g}){cos}",
-                status=_status(mv < mu and iv < iu),
-            )
-        )
-    else:
-        rows.append(_untestable("F3", "needs a UNet and a ViT audited on d4"))
-    # F4: spikes of E_g along translations
-    spikes = {}
-    for m in (unet, vit):
-        if m is None:
-            continue
-        vals = []
-        for kind in ("shift-x", "shift-y"):
-            g = m.groups.get(kind)
-            if g is not None and g.error.size:
-                # within each family (scales differ by orders of magnitude between families)
-                vals += [float(r.max() / r.min()) for r in _family_rows(g, g.error).values()]
-        if vals:
-            spikes[m.architecture] = max(vals)
-    if len(spikes) == 2:
-        rows.append(
-            dict(
-                id="F4",
-                claim="The ViT's error spikes at some translations; the UNet's is flatter.",
-                criterion="max over shift axes and IC families of (max / min over shifts of "
-                "the family's median E_g) "
-                "at least 10 % larger for the ViT than for the UNet",
-                numbers="largest max/min of a family's per-shift median E_g: "
-                f"ViT {spikes['vit']:.4g}, "
-                f"UNet {spikes['unet']:.4g}",
-                status=_status(spikes["vit"] > 1.1 * spikes["unet"]),
-            )
-        )
-    else:
-        rows.append(_untestable("F4", "needs a UNet and a ViT audited on shifts"))
-    # F5: the exactly equivariant control
-    if gcnn is not None and gcnn.groups:
-        dmax = max(float(g.defect.max()) for g in gcnn.groups.values())
-        emed = max(_med(g.error[0]) for g in gcnn.groups.values())
-        spread = []
-        rtols = [r["rtol"] for g in gcnn.groups.values() for r in g.solver] or [5e-3]
-        for g in gcnn.groups.values():
-            if g.cosine is not None:
-                spread.append(float(np.abs(g.cosine - g.cosine[:1]).max()))
-        s = max(spread) if spread else float("nan")
-        tol = 10 * max(rtols)
-        ok = dmax <= 1e-6 * max(emed, 1e-12) + 1e-9 and (not spread or s <= tol)
         rows.append(
             dict(
                 id="F5",
-                claim="The equivariant control has zero defect and constant influence.",
-                criterion=f"max D_g <= 1e-6 x median E_e (round-off) and cosine M^g_ii equal "
-                f"to M^e_ii within 10 x rtol = {tol:.2g} for every g",
-                numbers=f"max D_g {dmax:.3g} (median E_e {emed:.3g}); max |cos_g - cos_e| {s:.3g}",
-                status=_status(ok),
+                claim=_CLAIMS["F5"],
+                criterion="max D_g <= 1e-6 x median E_e (round-off) and M^g_ii (cosine if "
+                "computed, else Frobenius) equal to M^e_ii within 1e-6 x the condition "
+                "number bound κ = 1 + λ_max/λ, for every g",
+                numbers=f"at λ = {labels[0]}: {f5[0][1]}",
+                status=_status(f5[0][0]),
+                dampings=_robustness(labels, [_status(r[0]) for r in f5]),
             )
         )
-    else:
-        rows.append(_untestable("F5", "needs the G-CNN control"))
+    rows += [_influence_row(study, f) for f in ("F6", "F7", "F8")]
     return rows
 
 

@@ -38,7 +38,7 @@ th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; vertic
 th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .reproduced { background: #e4f5e4; } .not-reproduced { background: #fbe3e3; }
-.not-testable { background: #eee; }
+.not-testable { background: #eee; } .partly { background: #fdf3d8; }
 figure { margin: 1.2em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 0.95em; margin-top: 0.4em; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; border-radius: 2px;
@@ -55,6 +55,13 @@ _FIGURE_TEXT = {
     "fig6_shift-x_influence": "shift-x_influence",
     "fig7_shift-y_influence": "shift-y_influence",
     "fig8_defect": "defect",
+}
+
+
+_STATUS_CLASS = {
+    "reproduced": "reproduced",
+    "not reproduced": "not-reproduced",
+    "not testable": "not-testable",
 }
 
 
@@ -99,6 +106,10 @@ def _group_tables(study, numbers: dict) -> list[str]:
                 f"<th>max D_g</th><th>median cosine</th></tr>{rows}</table></details>"
             )
     return p
+
+
+def _per_seed(m, key: str) -> str:
+    return _e(", ".join(f"{m.timing[s][key]:.1f}" for s in m.seeds))
 
 
 def build_report(audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike) -> Path:
@@ -193,15 +204,18 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
             p.append(f"<tr><td>{_e(m.label)}</td>{''.join(cells)}</tr>")
         p.append("</table>")
     p.append(
-        "<h2>The paper's findings at this scale</h2><table><tr><th></th><th>claim</th>"
-        "<th>criterion</th><th>numbers</th><th>status</th></tr>"
+        "<h2>The paper's findings at this scale</h2><p>Status at the main damping "
+        f"(λ = {_e(study.dampings[0] if study.dampings else '–')}); the last column says "
+        "whether an influence finding is reproduced at every damping audited, at some or at "
+        "none (the paper does not state its λ).</p><table><tr><th></th><th>claim</th>"
+        "<th>criterion</th><th>numbers</th><th>status</th><th>λ robustness</th></tr>"
     )
     for f in found:
-        cls = f["status"].replace(" ", "-")
+        cls = _STATUS_CLASS.get(f["status"], "partly")
         p.append(
             f"<tr class='{cls}'><td>{_e(f['id'])}</td><td>{_e(f['claim'])}</td>"
             f"<td>{_e(f['criterion'])}</td><td>{_e(f['numbers'])}</td>"
-            f"<td><b>{_e(f['status'])}</b></td></tr>"
+            f"<td><b>{_e(f['status'])}</b></td><td>{_e(f['dampings'])}</td></tr>"
         )
     p.append("</table>")
     p += _group_tables(study, numbers)
@@ -222,11 +236,14 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
         "'attainable accuracy' eps (||chi|| ||u|| / ||b|| + 1), which is also the smallest "
         "residual the solver can reach. "
         "'test' solves give u<sub>i</sub> = chi<sup>-1</sup> grad C<sub>x_i</sub>; 'cosine' "
-        "solves give the transformed states' norms.</p><table><tr><th>model</th><th>solves"
-        "</th><th>columns</th><th>rtol</th><th>max residual</th><th>attainable accuracy (max)"
-        "</th><th>median iterations</th>"
-        "<th>max iterations</th><th>converged</th><th>lambda (median)</th>"
-        "<th>CG time (s)</th></tr>"
+        "solves give the transformed states' norms. One solve per mini-batch and damping; "
+        "CG time is the wall time of those solves summed over the audit's mini-batches and "
+        "dampings, influence time the wall time of the whole influence computations "
+        "(gradients, sketch, spectrum and solves), per seed.</p><table><tr><th>model</th>"
+        "<th>solves</th><th>columns</th><th>rtol</th><th>max residual</th><th>attainable "
+        "accuracy (max)</th><th>median iterations</th><th>max iterations</th>"
+        "<th>converged</th><th>lambda (median)</th>"
+        "<th>CG time per audit (s)</th><th>influence time per audit (s)</th></tr>"
     )
     for m in study.models:
         rows = solver[m.preset]
@@ -245,7 +262,8 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
             f"<td class='num'>{max(r['max_iterations'] for r in rows)}</td>"
             f"<td class='num'>{conv}/{cols}{warn}</td>"
             f"<td class='num'>{np.median([r['damping'] for r in rows]):.3g}</td>"
-            f"<td class='num'>{sum(r['seconds'] for r in rows):.1f}</td></tr>"
+            f"<td class='num'>{_per_seed(m, 'solve_seconds')}</td>"
+            f"<td class='num'>{_per_seed(m, 'influence_seconds')}</td></tr>"
         )
     p.append("</table>")
     p.append("<h2>Sources</h2><ul>")
