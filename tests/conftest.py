@@ -19,3 +19,13 @@ torch.set_flush_denormal(os.environ.get("SYMAUDIT_TEST_FLUSH_DENORMAL", "1") != 
 @pytest.fixture
 def rng() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(scope="session")
+def micro_study(tmp_path_factory):
+    """One `reproduce("micro")` run shared read-only by the tests that only inspect it."""
+    from symaudit.pipeline import reproduce
+
+    out = tmp_path_factory.mktemp("micro-shared")
+    reproduce("micro", out, progress=False)
+    return out

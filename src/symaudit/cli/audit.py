@@ -111,6 +111,13 @@ def audit(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Discard an audit made with other settings.")
     ] = False,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            help="Processes sharing the work (torchrun underneath): the metric batch is split "
+            "over them, each holds 1/NPROC of it (with --run)."
+        ),
+    ] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Audit RUN (or any PyTorch model: --model FILE.py:FACTORY --test-data FILE) for every
@@ -120,12 +127,20 @@ def audit(
     the training window (the paper's protocol; see docs/reproduce.md). Rerunning after an
     interruption redoes only the missing pieces.
     """
+    from symaudit.cli._dist import process_group, relaunch, under_torchrun
     from symaudit.diagnostics.audit import DAMPING_SWEEP, AuditError, run_audit
     from symaudit.groups import GroupError
 
     if (run is None) == (model is None):
         typer.secho("error: pass exactly one of --run and --model", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
+    if nproc < 1 or (nproc > 1 and model is not None):
+        typer.secho(
+            "error: --nproc must be >= 1 (and 1 with --model)", fg=typer.colors.RED, err=True
+        )
+        raise typer.Exit(code=2)
+    if nproc > 1 and not under_torchrun():
+        relaunch(nproc)
     if model is not None:
         _audit_foreign(
             model,
@@ -152,29 +167,33 @@ def audit(
         )
         return
     try:
-        path = run_audit(
-            run,
-            group,
-            out=out,
-            damping=_damping(damping),
-            damping_sweep=DAMPING_SWEEP if damping_sweep else None,
-            rtol=rtol,
-            test_batches=test_batches,
-            per_family=per_family,
-            test_data=[str(p) for p in test_data] if test_data else None,
-            metric_batch=metric_batch,
-            max_iter=max_iter,
-            rank=_parse_rank(rank),
-            cosine=not no_cosine,
-            device=device,
-            overwrite=overwrite,
-            progress=not quiet,
-            log=None if quiet else typer.echo,
-        )
+        with process_group(device) as joined:
+            device, pg, rank_ = joined
+            path = run_audit(
+                run,
+                group,
+                out=out,
+                damping=_damping(damping),
+                damping_sweep=DAMPING_SWEEP if damping_sweep else None,
+                rtol=rtol,
+                test_batches=test_batches,
+                per_family=per_family,
+                test_data=[str(p) for p in test_data] if test_data else None,
+                metric_batch=metric_batch,
+                max_iter=max_iter,
+                rank=_parse_rank(rank),
+                cosine=not no_cosine,
+                device=device,
+                overwrite=overwrite,
+                progress=not quiet,
+                log=None if quiet else typer.echo,
+                process_group=pg,
+            )
     except (AuditError, GroupError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(f"audit written to {path}")
+    if rank_ == 0:
+        typer.echo(f"audit written to {path}")
 
 
 def _parse_rank(value: str) -> int | str:

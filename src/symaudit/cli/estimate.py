@@ -85,7 +85,7 @@ def estimate(
         f"random weights. Assumptions: {a.iterations:g} block-CG iterations per solve "
         f"({a.iterations_untrained:g} pessimistic, untrained), paper-style plain CG "
         f"{a.baseline_iterations:g} per (state, element), Nyström rank 64 or the next power of "
-        "two of the columns, cosine normalisation on; training cost linear in the batch."
+        "two of the columns (or the preset's fixed rank); training cost linear in the batch."
     )
     for m in costs.models.values():
         line = (

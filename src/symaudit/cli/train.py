@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -82,49 +81,37 @@ def train(
     with the same parameters as an uninterrupted run. For data parallelism launch with
     `torchrun --nproc-per-node N $(which symaudit) train ...` (gloo on CPU, nccl on CUDA).
     """
-    import torch
-    import torch.distributed as dist
-
+    from symaudit.cli._dist import process_group
     from symaudit.data.store import DatasetError
     from symaudit.training import CheckpointError, TrainConfig
     from symaudit.training import train as run
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        cuda = device.startswith("cuda")
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        if cuda:
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-    try:
-        config = TrainConfig(
-            model=model,
-            data=[str(d) for d in data],
-            epochs=epochs,
-            seed=seed,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            snapshots=None if snapshots == "all" else snapshots,
-            val_fraction=val_fraction,
-            unroll=unroll,
-            augment=augment,
-            dtype=dtype,
-            device=device,
-            model_overrides=dict(_parse_override(o) for o in override or []),
-            checkpoint_every=checkpoint_every,
-            data_loading=data_loading,
-            balance=balance,
-        )
-        result = run(config, out, progress=not quiet, log=typer.echo)
-    except (ValueError, KeyError, DatasetError, CheckpointError) as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=2) from None
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    with process_group(device) as (device, _, rank):
+        try:
+            config = TrainConfig(
+                model=model,
+                data=[str(d) for d in data],
+                epochs=epochs,
+                seed=seed,
+                batch_size=batch_size,
+                lr=lr,
+                weight_decay=weight_decay,
+                schedule=schedule,
+                snapshots=None if snapshots == "all" else snapshots,
+                val_fraction=val_fraction,
+                unroll=unroll,
+                augment=augment,
+                dtype=dtype,
+                device=device,
+                model_overrides=dict(_parse_override(o) for o in override or []),
+                checkpoint_every=checkpoint_every,
+                data_loading=data_loading,
+                balance=balance,
+            )
+            result = run(config, out, progress=not quiet, log=typer.echo)
+        except (ValueError, KeyError, DatasetError, CheckpointError) as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from None
     if rank != 0:
         return
     if result.epochs_run == 0:

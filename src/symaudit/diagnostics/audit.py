@@ -38,6 +38,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -354,6 +356,7 @@ def run_audit(
     overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    process_group: object | None = None,
 ) -> Path:
     """Audit the run in ``run_dir`` for each group spec (e.g. "d4", "shift-x", "shift-y:4").
 
@@ -378,6 +381,10 @@ def run_audit(
             costs ``rank`` products with eta), or "auto" (grown while it pays, see
             `symaudit.diagnostics.influence`).
         device: where the model and solves run.
+        process_group: a torch.distributed group (e.g. ``dist.group.WORLD`` under torchrun,
+            `symaudit audit --nproc K`): every rank runs this call, the metric batch is
+            sharded over the ranks (each holds states r, r + K, ...; eta V is all-reduced)
+            and only rank 0 writes ``out``.
 
     Returns the audit directory. Influence solves that do not converge warn
     (`ConvergenceWarning`) and are recorded per column in the result files.
@@ -386,7 +393,8 @@ def run_audit(
     from symaudit.training import SMSE, load_checkpoint
     from symaudit.training.checkpoint import CheckpointError, read_checkpoint
 
-    say = log or (lambda _m: None)
+    rank_, world = _ranks(process_group)
+    say = (log if rank_ == 0 else None) or (lambda _m: None)
     run = Path(run_dir)
     out = check_output_dir(out)
     if not groups:
@@ -443,14 +451,19 @@ def run_audit(
         "times": test.times.tolist(),
         # families of the test data; each mini-batch is one of them (pieces' "family")
         "families": list(test.families),
+        "processes": world,
         "complete": False,
     }
-    final, out = out, _build_dir(out, meta["settings_digest"], settings, overwrite)
+    final = out
+    if rank_ == 0:
+        out = _build_dir(out, meta["settings_digest"], settings, overwrite)
+    else:  # the other ranks compute alongside rank 0 and write nothing that is kept
+        out = Path(tempfile.mkdtemp(prefix=f"symaudit-rank{rank_}-"))
     meta_path = out / "audit.json"
     atomic_write_json(meta_path, meta)
 
     loss = SMSE(info.channel_rms).to(device)
-    if not (out / "test_errors.json").exists():
+    if rank_ == 0 and not (out / "test_errors.json").exists():
         say("test errors vs persistence")
         atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
     mbatch = _metric_batch(metric_batch, raw, seed=int(info.config.get("seed", 0)))
@@ -468,7 +481,8 @@ def run_audit(
         max_iter=max_iter,
         rank=rank,
         cosine=cosine,
-        progress=progress,
+        progress=progress and rank_ == 0,
+        process_group=process_group,
     )
     clusters = _solve_clusters(list(groups))
     total, done = len(clusters) * test_batches * len(fams), 0
@@ -509,9 +523,44 @@ def run_audit(
     meta["pieces"] = pieces
     meta["complete"] = True
     atomic_write_json(meta_path, meta)
-    if out != final:
+    if rank_ != 0:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out != final:
         replace_dir(out, final)
     return final
+
+
+def _ranks(process_group) -> tuple[int, int]:
+    if process_group is None:
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(process_group), dist.get_world_size(process_group)
+
+
+def _agree(process_group, value: bool) -> bool:
+    """Rank 0's ``value`` on every rank (decisions that gate collective operations must be
+    the same everywhere; only rank 0 sees the audit directory)."""
+    if process_group is None:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(process_group, 0), group=process_group)
+    return bool(box[0])
+
+
+def _shard(batch, process_group):
+    """This rank's part of a metric batch: states r, r + K, ... of K ranks."""
+    rank, world = _ranks(process_group)
+    if world == 1:
+        return batch
+    if batch[0].shape[0] < world:
+        raise AuditError(
+            f"a metric batch of {batch[0].shape[0]} states cannot be sharded over {world} "
+            "processes: use fewer processes or a larger batch"
+        )
+    return batch[0][rank::world], batch[1][rank::world]
 
 
 def _digest_in(directory: Path) -> str | None:
@@ -567,18 +616,21 @@ def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, s
     from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
     from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
 
+    pg = solve.get("process_group")
+    writer = _ranks(pg)[0] == 0  # forward errors need no other rank: rank 0 alone
     for spec, group, _, piece in jobs:
-        if not _loads(EquivarianceResult, out / piece["equivariance"]):
+        if writer and not _loads(EquivarianceResult, out / piece["equivariance"]):
             say(f"{tag}: {spec} equivariance errors over {len(group)} elements")
             equivariance_error(model, batch, group, loss).save(out / piece["equivariance"])
     need = [out / p for *_, piece in jobs for p in (piece["influence"], *piece["sweep"])]
-    if all(_loads(InfluenceResult, p) for p in need):
+    if _agree(pg, all(_loads(InfluenceResult, p) for p in need)):
         say(f"{tag}: influence already on disk")
         return
     union = {g.name: g for *_, inf_group, _ in jobs for g in inf_group}
     say(f"{tag}: influence, |G| = {len(union)}, N = {batch[0].shape[0]}")
     t0 = time.perf_counter()
-    results = influence_sweep(model, loss, batch, list(union.values()), mbatch, **solve)
+    metric = _shard(batch if mbatch is None else mbatch, pg) if pg is not None else mbatch
+    results = influence_sweep(model, loss, batch, list(union.values()), metric, **solve)
     seconds = time.perf_counter() - t0
     for i, (spec, _, inf_group, piece) in enumerate(jobs):
         for path, res in zip((piece["influence"], *piece["sweep"]), results, strict=True):

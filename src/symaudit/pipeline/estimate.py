@@ -13,10 +13,12 @@ Counts (per family f, model m, seed s, group G, test batch b, damping d):
   short probe time t_probe: the CFL step follows the maximum wave speed, roughly constant).
 - train: epochs x floor(train transitions / batch) optimiser steps; one step ~ batch x the
   measured per-sample step (linear in the batch on a CPU; a GPU does better: pessimistic).
-- audit, per (m, s, G, b): forward errors over |G| elements x test states; N |G| per-sample
-  gradients; chi-products: sketch (rank) + spectrum + per damping solve columns x (iterations
-  + 1 residual check), each product costing N x (one state's column) since the metric batch is
-  the test mini-batch of N states.
+- audit, per (m, s, family, b) -- one mini-batch of N trajectories of one family -- and per
+  influence computation (each non-translation group alone; all translation groups together
+  on the rule-chosen shift set, as `run_audit` does): forward errors over every element x N;
+  N |G_inf| per-sample gradients; chi-products: sketch (rank) + spectrum + per damping solve
+  columns x (iterations + 1 residual check), each product costing N x (one state's column)
+  since the metric batch is the test mini-batch.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from symaudit.pipeline.presets import StudyPreset
+from symaudit.training.trainer import streams_by_default
 
 __all__ = ["Assumptions", "ModelCosts", "StageCost", "UnitCosts", "estimate", "measure"]
 
@@ -46,7 +49,6 @@ class Assumptions:
     iterations_untrained: float = 15.0  # the pessimistic end of the range
     baseline_iterations: float = 57.0  # plain CG per right-hand side, no preconditioner
     spectrum_products: int = 18  # power iteration (~10) + Hutchinson (8)
-    cosine: bool = True  # the audit's default: also normalise by the transformed states' norms
     test_state_transitions: int = 1  # transitions audited per test trajectory
 
     def sketch_rank(self, columns: int) -> int:
@@ -233,16 +235,16 @@ def measure(
 
 
 def states_per_batch(preset: StudyPreset) -> int:
-    """States N of one test mini-batch (= the metric batch): per_family of every family."""
-    return preset.per_family * len(preset.families)
+    """States N of one test mini-batch (= the metric batch): per_family of one family."""
+    return preset.per_family
 
 
-def _group_size(spec: str, resolution: int) -> int:
+def _group(spec: str, resolution: int):
     from symaudit.fields import FieldLayout
     from symaudit.groups.spec import from_spec
 
     # boosts need a time step only to act; the element count does not depend on it
-    return len(from_spec(spec, FieldLayout.euler(), resolution=resolution, dt=1.0))
+    return from_spec(spec, FieldLayout.euler(), resolution=resolution, dt=1.0)
 
 
 def estimate(
@@ -272,12 +274,15 @@ def estimate(
     train_transitions = train_traj * (preset.snapshots - 1)
     in_memory = preset.train_trajectories * fams * preset.snapshots * snap_bytes
     n = states_per_batch(preset) * a.test_state_transitions
-    batches = preset.test_batches
-    dampings = len(getattr(preset, "dampings", None) or (preset.damping,))
+    dampings = len(preset.dampings)
     for mp in preset.models:
         mc = costs.models[mp.preset]
         runs = len(preset.seeds)
         steps = mp.epochs * (train_transitions // mp.batch_size)  # the trainer drops the rest
+        # TrainConfig.data_loading "auto" streams above a quarter of this machine's RAM:
+        # then two batches of (input, target) are held, not the data set
+        streamed = streams_by_default(in_memory)
+        data_ram = 2 * 2 * mp.batch_size * snap_bytes if streamed else in_memory
         stages.append(
             StageCost(
                 stage="train",
@@ -285,27 +290,67 @@ def estimate(
                 count=f"{runs} x {steps:,} steps of batch {mp.batch_size}",
                 seconds=runs * steps * mp.batch_size * mc.train_sample,
                 disk_bytes=runs * 3 * mc.params * _F32,  # weights + Adam's two moments
-                peak_ram_bytes=in_memory + 4 * mc.params * _F32,
-                counts={"runs": runs, "optimizer_steps": steps, "transitions": train_transitions},
+                peak_ram_bytes=data_ram + 4 * mc.params * _F32,
+                counts={
+                    "runs": runs,
+                    "optimizer_steps": steps,
+                    "transitions": train_transitions,
+                    "in_memory_bytes": in_memory,
+                    "streamed": streamed,
+                },
             )
         )
-        for spec in preset.groups:
-            size = _group_size(spec, preset.resolution)
-            stages.append(_audit_stage(mp.preset, mc, spec, size, n, runs * batches, dampings, a))
+        audits = runs * fams * preset.test_batches  # one mini-batch of one family each
+        for label, errors, influence in _audit_clusters(preset):
+            stages.append(
+                _audit_stage(
+                    mp.preset, mc, label, errors, influence, n, audits, dampings, preset, a
+                )
+            )
     return stages
 
 
+def _audit_clusters(preset: StudyPreset) -> list[tuple[str, int, int]]:
+    """(label, forward-error elements, influence elements) per influence computation of one
+    mini-batch, as `run_audit` does it: every non-translation group alone; all translation
+    groups together on the rule-chosen shift set (`symaudit.diagnostics.shifts`), sharing
+    the identity; forward errors over every element."""
+    from symaudit.pipeline.run import _influence_shifts
+
+    shifts = set(_influence_shifts(preset)) | {0}
+    out, trans = [], []
+    for spec in preset.groups:
+        group = _group(spec, preset.resolution)
+        if group.spec.get("kind") == "translations":
+            keep = sum(all(c in shifts for c in g.shift) for g in group)
+            trans.append((spec, len(group), keep))
+        else:
+            out.append((spec, len(group), len(group)))
+    if trans:
+        union = sum(k for *_, k in trans) - (len(trans) - 1)  # the identity once
+        out.append(("+".join(s for s, *_ in trans), sum(e for _, e, _ in trans), union))
+    return out
+
+
 def _audit_stage(
-    model: str, mc: ModelCosts, spec: str, size: int, n: int, audits: int, dampings: int, a
+    model: str,
+    mc: ModelCosts,
+    label: str,
+    errors: int,
+    size: int,
+    n: int,
+    audits: int,
+    dampings: int,
+    preset: StudyPreset,
+    a: Assumptions,
 ) -> StageCost:
-    """One group's audits of one model: ``audits`` = seeds x test batches of N = n states."""
-    raw_cols = n
-    cos_cols = n * (size - 1) if a.cosine else 0
-    columns = raw_cols + cos_cols
-    rank = a.sketch_rank(columns)
+    """One influence computation's audits of one model: ``audits`` mini-batches of N = n
+    states, forward errors over ``errors`` elements, influence over ``size``."""
+    columns = n + (n * (size - 1) if preset.cosine else 0)
+    rank = preset.rank if isinstance(preset.rank, int) else a.sketch_rank(columns)
     product = n * mc.chi_column  # metric batch = the N test states
     fixed = (rank + a.spectrum_products) * product + n * size * mc.gradient
-    fixed += n * size * mc.forward  # forward errors
+    fixed += n * errors * mc.forward  # forward errors over every element
     solve = dampings * columns * product
 
     def total(iterations: float) -> float:
@@ -316,17 +361,18 @@ def _audit_stage(
     vectors = mc.params * _F32 * (rank + 4 * columns)  # sketch + block CG's X, R, D, AD
     return StageCost(
         stage="audit",
-        detail=f"{model} {spec} (|G| = {size})",
+        detail=f"{model} {label} (|G| = {errors}, influence on {size})",
         count=(f"{audits} x N={n}: {columns} columns x {dampings} dampings, sketch rank {rank}"),
         seconds=total(a.iterations),
         seconds_high=total(a.iterations_untrained),
         baseline_seconds=baseline,
-        disk_bytes=audits * (size * n * n * 8 * 3 + 4096),
+        disk_bytes=audits * (errors * n * 8 * 2 + dampings * size * n * n * 8 * 2 + 4096),
         peak_ram_bytes=vectors,
         counts={
             "audits": audits,
             "states": n,
             "elements": size,
+            "error_elements": errors,
             "columns": columns,
             "gradients": n * size,
             "sketch_rank": rank,

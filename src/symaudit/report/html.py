@@ -85,7 +85,11 @@ def _group_tables(study, numbers: dict) -> list[str]:
         for g in numbers[m.preset].values():
             if not isinstance(g, dict) or "elements" not in g:
                 continue
-            cos = g["median_cosine"] or [None] * len(g["elements"])
+            # influence (and so the cosine) may cover a subset of the elements (shifts)
+            by_el = dict(
+                zip(g.get("influence_elements", []), g["median_cosine"] or [], strict=False)
+            )
+            cos = [by_el.get(el) for el in g["elements"]]
             rows = "".join(
                 f"<tr><td>{_e(el)}</td><td class='num'>{_fmt(e)}</td>"
                 f"<td class='num'>{_fmt(d)}</td><td class='num'>{_fmt(dm)}</td>"

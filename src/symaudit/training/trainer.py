@@ -282,12 +282,17 @@ def family_weights(data: TransitionData, loss: SMSE, balance: float) -> dict[str
     return {path: w / mean for path, w in zip(data.split, raw, strict=True)}
 
 
+def streams_by_default(nbytes: int) -> bool:
+    """What data_loading="auto" does with ``nbytes`` of training snapshots: stream them when
+    they exceed a quarter of this machine's RAM."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return nbytes > _STREAM_ABOVE_RAM_FRACTION * ram
+
+
 def _stream(config: TrainConfig) -> bool:
     if config.data_loading != "auto":
         return config.data_loading == "stream"
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    need = selected_nbytes(config.data, parse_snapshots(config.snapshots))
-    return need > _STREAM_ABOVE_RAM_FRACTION * ram
+    return streams_by_default(selected_nbytes(config.data, parse_snapshots(config.snapshots)))
 
 
 def _check_resume(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
