@@ -311,7 +311,8 @@ def audited_run(tiny_data, tmp_path_factory):
     cfg = TrainConfig(model="unet-tiny", data=[str(tiny_data)], epochs=1, batch_size=4,
                       val_fraction=0.5)  # fmt: skip
     train(cfg, root / "run", progress=False)
-    run_audit(root / "run", ["c4"], out=root / "audit", test_batches=1, cosine=False)
+    run_audit(root / "run", ["c4"], out=root / "audit", test_batches=1, per_family=1,
+              cosine=False)  # fmt: skip
     return root
 
 
@@ -337,7 +338,8 @@ def test_killed_audit_overwrite_keeps_the_old_audit(audited_run, tmp_path, patch
     shutil.copytree(audited_run / "audit", out)
     before = _tree(out)
     args = ("audit", "--run", audited_run / "run", "--group", "d4", "--out", out,
-            "--test-batches", "1", "--no-cosine", "--overwrite", "--quiet")  # fmt: skip
+            "--test-batches", "1", "--per-family", "1", "--no-cosine", "--overwrite",
+            "--quiet")  # fmt: skip
     _killed_cli(patch, *args)
     prepare_stage(out, keep=True)  # what the next run does first (undoes a half swap)
     assert _tree(out) == before
@@ -416,7 +418,7 @@ def test_audit_refuses_a_model_with_non_finite_outputs(audited_run, tmp_path):
 def test_metric_batch_larger_than_the_distinct_transitions_is_refused(audited_run, tmp_path):
     # 2 training trajectories x 3 transitions = 6 distinct states
     args = ("audit", "--run", audited_run / "run", "--group", "c4", "--out", tmp_path / "a",
-            "--test-batches", "1", "--quiet", "--metric-batch")  # fmt: skip
+            "--test-batches", "1", "--per-family", "1", "--quiet", "--metric-batch")  # fmt: skip
     _one_line_error(_cli(*args, "train:7"), "train:7", "6 distinct training transitions")
 
 
@@ -459,7 +461,7 @@ def test_reproduce_redoes_units_whose_outputs_were_truncated_or_deleted(tmp_path
         name="nano", families=("ce-rp",), resolution=16, train_trajectories=2,
         test_trajectories=1, snapshots=3, t_final=0.1,
         models=(ModelPlan("unet-tiny", epochs=1, batch_size=2, lr=1e-3),), seeds=(0,),
-        groups=("d4",), test_batches=1, max_iter=50,
+        groups=("d4",), test_batches=1, per_family=1, max_iter=50,
     )  # fmt: skip
     first = reproduce(nano, tmp_path, progress=False)
     assert first.skipped == []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,8 +24,9 @@ from symaudit._io import atomic_write_json
 from symaudit.diagnostics.audit import (
     AUDIT_FORMAT,
     AuditError,
+    _audit_pieces,
     _group_dir,
-    _loads,
+    _solve_clusters,
     _test_errors,
     _TestSet,
     settings_digest,
@@ -126,8 +126,6 @@ def audit_foreign(
     ``name`` and ``weights`` identify the model in audit.json. Returns the audit directory."""
     from symaudit.data.stats import channel_rms as data_rms
     from symaudit.diagnostics._params import model_checksum
-    from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
-    from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
     from symaudit.groups import from_spec
     from symaudit.training import SMSE
 
@@ -193,48 +191,41 @@ def audit_foreign(
         say("test errors vs persistence")
         atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
     n_times = test.times.numel()
-    pieces: dict[str, list[dict]] = {}
-    for spec, group in built.items():
-        step = n_times - 2 if _moves(group) else 0
-        pieces[spec] = []
+    pieces: dict[str, list[dict]] = {spec: [] for spec in groups}
+    solve = dict(
+        dampings=[damping, *settings["damping_sweep"]],
+        rtol=rtol,
+        max_iter=max_iter,
+        rank=rank,
+        cosine=cosine,
+        progress=progress,
+    )
+    # the per-mini-batch work is run_audit's own (`_audit_pieces`): one family per batch,
+    # translation groups sharing one influence computation
+    for fam in test.families:
         for k in range(test_batches):
-            where = Path(_group_dir(spec)) / f"batch{k}"
-            piece = {
-                "equivariance": str(where / "equivariance.pt"),
-                "influence": str(where / "influence.pt"),
-                "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(damping_sweep or []))],
-                "time_index": step,
-                "time": float(test.times[step]),
-            }
-            pieces[spec].append(piece)
-            batch = test.batch(k, per_family, step)
-            tag = f"{spec} batch {k + 1}/{test_batches} (t = {piece['time']:.3g})"
-            if not _loads(EquivarianceResult, out / piece["equivariance"]):
-                say(f"{tag}: equivariance errors")
-                equivariance_error(model, batch, group, loss, device=device).save(
-                    out / piece["equivariance"]
-                )
-            need = [piece["influence"], *piece["sweep"]]
-            if all(_loads(InfluenceResult, out / p) for p in need):
-                continue
-            say(f"{tag}: influence, |G| = {len(group)}, N = {batch[0].shape[0]}")
-            t0 = time.perf_counter()
-            results = influence_sweep(
-                model,
-                loss,
-                batch,
-                group,
-                dampings=[damping, *settings["damping_sweep"]],
-                rtol=rtol,
-                max_iter=max_iter,
-                rank=rank,
-                cosine=cosine,
-                progress=progress,
-            )
-            for p, r in zip(need, results, strict=True):
-                r.settings["audit"] = {"group_spec": spec, "batch": k, "time_index": step}
-                r.save(out / p)
-            say(f"{tag}: influence done in {time.perf_counter() - t0:.1f} s")
+            for cluster in _solve_clusters(list(groups)):
+                step = n_times - 2 if _moves(built[cluster[0]]) else 0
+                jobs = []
+                for spec in cluster:
+                    where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
+                    piece = {
+                        "family": fam,
+                        "batch": k,
+                        "equivariance": str(where / "equivariance.pt"),
+                        "influence": str(where / "influence.pt"),
+                        "sweep": [
+                            str(where / f"sweep-{j}.pt") for j in range(len(damping_sweep or []))
+                        ],
+                        "influence_elements": [g.name for g in built[spec]],
+                        "time_index": step,
+                        "time": float(test.times[step]),
+                    }
+                    pieces[spec].append(piece)
+                    jobs.append((spec, built[spec], built[spec], piece))
+                batch = test.batch(fam, k, per_family, step)
+                tag = f"{'+'.join(cluster)} {fam} batch {k + 1} (t = {float(test.times[step]):.3g})"
+                _audit_pieces(model, loss, batch, jobs, None, out, tag, say, solve)
     meta["pieces"] = pieces
     meta["complete"] = True
     atomic_write_json(out / "audit.json", meta)

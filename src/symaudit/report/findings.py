@@ -371,7 +371,8 @@ def _group_summary(kind: str, g: GroupData) -> dict[str, Any]:
         "influence_shifts": g.inf_shifts,
         "dampings": g.dampings,
         "median_frobenius": [[_med(r) for r in f] for f in g.frobenius_at],
-        "median_offdiagonal": [[_med(r) for r in o] for o in g.offdiag_at],
+        # None for mini-batches of one state (no pair i != j)
+        "median_offdiagonal": [[_med(r) if r.size else None for r in o] for o in g.offdiag_at],
         # the paper's statistic: mean over mini-batches of M^g / ||M^g||_F, then the mean of
         # its diagonal and of its off-diagonal entries per element
         "paper_mean_diagonal": [
@@ -379,7 +380,8 @@ def _group_summary(kind: str, g: GroupData) -> dict[str, Any]:
             for pm in g.paper_mean_at
         ],
         "paper_mean_offdiagonal": [
-            None if pm is None else _off_diagonal(pm).mean(1).tolist() for pm in g.paper_mean_at
+            None if pm is None or pm.shape[-1] < 2 else _off_diagonal(pm).mean(1).tolist()
+            for pm in g.paper_mean_at
         ],
         "median_cosine": None if g.cosine is None else [_med(r) for r in g.cosine],
     }
