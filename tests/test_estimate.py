@@ -112,3 +112,12 @@ def test_paper_preset_disk_and_memory_are_the_papers_scale():
     assert train.counts["in_memory_bytes"] == in_memory > 60e9
     assert train.counts["streamed"] and train.peak_ram_bytes < 1e9
     assert math.isclose(stages[0].disk_bytes, (5000 + 64) * 3 * paper.snapshots * snap)
+
+
+def test_unit_costs_round_trip_through_json():
+    import json
+
+    costs = _costs(PRESETS["paper"])
+    again = UnitCosts.from_dict(json.loads(json.dumps(costs.to_dict())))
+    assert again == costs
+    assert estimate(PRESETS["paper"], again) == estimate(PRESETS["paper"], costs)

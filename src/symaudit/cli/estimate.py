@@ -36,6 +36,13 @@ def estimate(
         float, typer.Option(help="Assumed fraction of the A100 FP32 peak reached (--flops).")
     ] = 0.4,
     out: Annotated[Path | None, typer.Option(help="Also write the figures as JSON here.")] = None,
+    costs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Reuse the unit costs of an earlier --out file instead of measuring (e.g. "
+            "measured on the GPU machine, planned elsewhere)."
+        ),
+    ] = None,
 ) -> None:
     """Measure one Euler step, one training step, one chi-product column and one per-sample
     gradient at PRESET's real model sizes and resolution on DEVICE (about a minute on a CPU
@@ -45,7 +52,7 @@ def estimate(
     from rich.table import Table
 
     from symaudit._io import atomic_write_text
-    from symaudit.pipeline.estimate import Assumptions, measure
+    from symaudit.pipeline.estimate import Assumptions, UnitCosts, measure
     from symaudit.pipeline.estimate import estimate as run_estimate
     from symaudit.pipeline.presets import PRESETS
 
@@ -57,8 +64,18 @@ def estimate(
         raise typer.Exit(code=2)
     console = Console()
     p = PRESETS[preset]
-    with console.status("measuring") as status:
-        costs = measure(p, device=device, flops=flops, progress=lambda m: status.update(m))
+    if costs is not None:
+        unit = UnitCosts.from_dict(json.loads(costs.read_text())["costs"])
+        missing = {mp.preset for mp in p.models} - set(unit.models)
+        if missing:
+            typer.secho(f"error: {costs} has no costs for {sorted(missing)}", err=True)
+            raise typer.Exit(code=2)
+        flops = any(m.chi_column_flops for m in unit.models.values())
+        device = unit.device
+    else:
+        with console.status("measuring") as status:
+            unit = measure(p, device=device, flops=flops, progress=lambda m: status.update(m))
+    costs = unit
     a = Assumptions()
     stages = run_estimate(p, costs, a)
     table = Table(title=f"symaudit reproduce --preset {preset}: estimated cost on {device}")

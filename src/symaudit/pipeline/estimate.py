@@ -37,6 +37,7 @@ from symaudit.training.trainer import streams_by_default
 __all__ = ["Assumptions", "ModelCosts", "StageCost", "UnitCosts", "estimate", "measure"]
 
 _F32 = 4  # bytes: datasets, checkpoints and the audit's vectors are float32
+_BLOCK_COLUMNS = 128  # influence()'s default block of right-hand sides solved together
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ class Assumptions:
     test_state_transitions: int = 1  # transitions audited per test trajectory
 
     def sketch_rank(self, columns: int) -> int:
-        """Rank "auto" as measured: 64 for 16 raw columns, 128 for 128 cosine columns."""
+        """Rank "auto" as measured: 64 for 16 raw columns, 128 for 128 cosine columns (then
+        capped as `influence` caps it: 2 GiB per P x rank matrix)."""
         return min(1024, max(64, 1 << math.ceil(math.log2(max(columns, 1)))))
 
 
@@ -87,6 +89,12 @@ class UnitCosts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> UnitCosts:
+        """The inverse of `to_dict` (e.g. the "costs" of `symaudit estimate --out`)."""
+        models = {k: ModelCosts(**v) for k, v in d["models"].items()}
+        return cls(**{**d, "models": models})
 
 
 @dataclass(frozen=True)
@@ -348,6 +356,9 @@ def _audit_stage(
     states, forward errors over ``errors`` elements, influence over ``size``."""
     columns = n + (n * (size - 1) if preset.cosine else 0)
     rank = preset.rank if isinstance(preset.rank, int) else a.sketch_rank(columns)
+    # influence's own caps: a P x rank sketch of at most 2 GiB, blocks of <= 128 columns
+    rank = max(1, min(rank, 2**31 // (mc.params * _F32)))
+    block = min(columns, _BLOCK_COLUMNS)
     product = n * mc.chi_column  # metric batch = the N test states
     fixed = (rank + a.spectrum_products) * product + n * size * mc.gradient
     fixed += n * errors * mc.forward  # forward errors over every element
@@ -358,7 +369,7 @@ def _audit_stage(
 
     # paper-style: one plain CG per (state, element) pair, no sketch, same operator
     baseline = audits * dampings * n * size * a.baseline_iterations * product
-    vectors = mc.params * _F32 * (rank + 4 * columns)  # sketch + block CG's X, R, D, AD
+    vectors = mc.params * _F32 * (rank + 4 * block)  # sketch + block CG's X, R, D, AD
     return StageCost(
         stage="audit",
         detail=f"{model} {label} (|G| = {errors}, influence on {size})",
