@@ -494,17 +494,7 @@ def run_audit(
                 jobs = []
                 for spec in cluster:
                     group, inf_group, _ = built[spec]
-                    where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
-                    piece = {
-                        "family": fam,
-                        "batch": k,
-                        "equivariance": str(where / "equivariance.pt"),
-                        "influence": str(where / "influence.pt"),
-                        "sweep": [str(where / f"sweep-{j}.pt") for j in range(len(sweep))],
-                        "influence_elements": [g.name for g in inf_group],
-                        "time_index": step,
-                        "time": float(test.times[step]),
-                    }
+                    piece = _piece(spec, fam, k, len(sweep), inf_group, step, test.times)
                     pieces[spec].append(piece)
                     jobs.append((spec, group, inf_group, piece))
                 batch = test.batch(fam, k, per_family, step)
@@ -561,6 +551,21 @@ def _shard(batch, process_group):
             "processes: use fewer processes or a larger batch"
         )
     return batch[0][rank::world], batch[1][rank::world]
+
+
+def _piece(spec: str, fam: str, k: int, sweeps: int, inf_group, step: int, times) -> dict:
+    """Where mini-batch k of family ``fam`` of group ``spec`` is stored, and what it holds."""
+    where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
+    return {
+        "family": fam,
+        "batch": k,
+        "equivariance": str(where / "equivariance.pt"),
+        "influence": str(where / "influence.pt"),
+        "sweep": [str(where / f"sweep-{j}.pt") for j in range(sweeps)],
+        "influence_elements": [g.name for g in inf_group],
+        "time_index": step,
+        "time": float(times[step]),
+    }
 
 
 def _digest_in(directory: Path) -> str | None:

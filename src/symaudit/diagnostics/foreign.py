@@ -25,7 +25,7 @@ from symaudit.diagnostics.audit import (
     AUDIT_FORMAT,
     AuditError,
     _audit_pieces,
-    _group_dir,
+    _piece,
     _solve_clusters,
     _test_errors,
     _TestSet,
@@ -208,19 +208,8 @@ def audit_foreign(
                 step = n_times - 2 if _moves(built[cluster[0]]) else 0
                 jobs = []
                 for spec in cluster:
-                    where = Path(_group_dir(spec)) / f"{_group_dir(fam)}-batch{k}"
-                    piece = {
-                        "family": fam,
-                        "batch": k,
-                        "equivariance": str(where / "equivariance.pt"),
-                        "influence": str(where / "influence.pt"),
-                        "sweep": [
-                            str(where / f"sweep-{j}.pt") for j in range(len(damping_sweep or []))
-                        ],
-                        "influence_elements": [g.name for g in built[spec]],
-                        "time_index": step,
-                        "time": float(test.times[step]),
-                    }
+                    sweeps = len(damping_sweep or [])
+                    piece = _piece(spec, fam, k, sweeps, built[spec], step, test.times)
                     pieces[spec].append(piece)
                     jobs.append((spec, built[spec], built[spec], piece))
                 batch = test.batch(fam, k, per_family, step)
