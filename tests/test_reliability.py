@@ -479,3 +479,25 @@ def test_reproduce_redoes_units_whose_outputs_were_truncated_or_deleted(tmp_path
     load_checkpoint(tmp_path / "runs" / "unet-tiny-s0" / "checkpoint.pt")
     third = reproduce(nano, tmp_path, progress=False)
     assert third.ran == []
+
+
+def test_audit_refuses_non_finite_predictions_on_transformed_inputs():
+    """Finite on the test states, NaN on one transformed input: the audit names the element
+    instead of storing NaN errors."""
+    from symaudit import SMSE
+    from symaudit.diagnostics.audit import AuditError, _require_finite_transformed
+    from symaudit.diagnostics.equivariance import equivariance_error
+    from symaudit.fields import FieldLayout
+    from symaudit.groups import Dihedral4
+
+    class Lopsided(torch.nn.Module):
+        def forward(self, x):  # NaN once the larger corner value sits top-left
+            bad = x[:, :1, :1, :1] > x[:, :1, -1:, -1:]
+            return torch.where(bad, torch.nan, x)
+
+    x = torch.rand(2, 4, 4, 4) + 0.5
+    x[:, 0, 0, 0], x[:, 0, -1, -1] = 0.6, 1.4
+    eq = equivariance_error(Lopsided(), (x, x), Dihedral4(FieldLayout.euler()), SMSE(torch.ones(4)))
+    assert torch.isfinite(eq.error[0]).all()
+    with pytest.raises(AuditError, match=r"transformed by \['r', 'r2'"):
+        _require_finite_transformed(eq, "d4 batch 1")

@@ -285,6 +285,18 @@ def _require_finite_errors(errors: dict[str, dict]) -> None:
             )
 
 
+def _require_finite_transformed(eq, tag: str) -> None:
+    """Finite on the test states but not on a transformed one: refuse, naming the element,
+    rather than store NaN errors (a model can diverge on inputs it never saw)."""
+    bad = ~(torch.isfinite(eq.error) & torch.isfinite(eq.defect)).all(dim=1)
+    if bad.any():
+        names = [eq.elements[i] for i in bad.nonzero().flatten().tolist()]
+        raise AuditError(
+            f"{tag}: the model's predictions on inputs transformed by {names[:5]} are not "
+            "finite: nothing to audit for those elements"
+        )
+
+
 @dataclass
 class AuditRecord:
     """An audit directory loaded back: ``meta`` (audit.json), ``test_errors``, and per group
@@ -626,7 +638,9 @@ def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, s
     for spec, group, _, piece in jobs:
         if writer and not _loads(EquivarianceResult, out / piece["equivariance"]):
             say(f"{tag}: {spec} equivariance errors over {len(group)} elements")
-            equivariance_error(model, batch, group, loss).save(out / piece["equivariance"])
+            eq = equivariance_error(model, batch, group, loss)
+            _require_finite_transformed(eq, tag)
+            eq.save(out / piece["equivariance"])
     need = [out / p for *_, piece in jobs for p in (piece["influence"], *piece["sweep"])]
     if _agree(pg, all(_loads(InfluenceResult, p) for p in need)):
         say(f"{tag}: influence already on disk")
