@@ -41,8 +41,8 @@ import torch
 
 __all__ = [
     "ConvergenceWarning",
-    "PrecisionWarning",
     "NystromPreconditioner",
+    "PrecisionWarning",
     "SolveReport",
     "block_cg",
     "cg",
