@@ -45,8 +45,8 @@ def estimate(
     ] = None,
 ) -> None:
     """Measure one Euler step, one training step, one chi-product column and one per-sample
-    gradient at PRESET's real model sizes and resolution on DEVICE (about a minute on a CPU
-    for the paper preset), then print device-hours, disk and peak memory per stage with the
+    gradient at PRESET's real model sizes and resolution on DEVICE (minutes on a CPU for the
+    paper preset), then print device-hours, disk and peak memory per stage with the
     assumptions used. docs/reproduce.md explains the model."""
     from rich.console import Console
     from rich.table import Table
@@ -65,7 +65,10 @@ def estimate(
     console = Console()
     p = PRESETS[preset]
     if costs is not None:
-        unit = UnitCosts.from_dict(json.loads(costs.read_text())["costs"])
+        try:
+            unit = UnitCosts.from_dict(json.loads(costs.read_text())["costs"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{costs} is not a `symaudit estimate --out` file: {exc}") from None
         missing = {mp.preset for mp in p.models} - set(unit.models)
         if missing:
             typer.secho(f"error: {costs} has no costs for {sorted(missing)}", err=True)
@@ -75,9 +78,8 @@ def estimate(
     else:
         with console.status("measuring") as status:
             unit = measure(p, device=device, flops=flops, progress=lambda m: status.update(m))
-    costs = unit
     a = Assumptions()
-    stages = run_estimate(p, costs, a)
+    stages = run_estimate(p, unit, a)
     table = Table(title=f"symaudit reproduce --preset {preset}: estimated cost on {device}")
     for col in ("stage", "what", "count", "device-hours", "(pessimistic)", "paper-style CG"):
         table.add_column(col, justify="right" if "hours" in col or "CG" in col else "left")
@@ -98,13 +100,13 @@ def estimate(
     table.add_row("total", "", "", _hours(total), "", "", _size(sum(s.disk_bytes for s in stages)))
     console.print(table)
     console.print(
-        f"Measured in {costs.seconds:.0f} s with {costs.threads} thread(s), float32 models with "
+        f"Measured in {unit.seconds:.0f} s with {unit.threads} thread(s), float32 models with "
         f"random weights. Assumptions: {a.iterations:g} block-CG iterations per solve "
         f"({a.iterations_untrained:g} pessimistic, untrained), paper-style plain CG "
         f"{a.baseline_iterations:g} per (state, element), Nyström rank 64 or the next power of "
         "two of the columns (or the preset's fixed rank); training cost linear in the batch."
     )
-    for m in costs.models.values():
+    for m in unit.models.values():
         line = (
             f"{m.preset}: {m.params:,} parameters; chi-product column {m.chi_column:.3g} s per "
             f"metric-batch state, per-sample gradient {m.gradient:.3g} s, forward "
@@ -122,7 +124,7 @@ def estimate(
 
         doc = {
             "preset": preset,
-            "costs": costs.to_dict(),
+            "costs": unit.to_dict(),
             "assumptions": asdict(a),
             "stages": [asdict(s) for s in stages],
         }

@@ -50,7 +50,6 @@ class Assumptions:
     iterations_untrained: float = 15.0  # the pessimistic end of the range
     baseline_iterations: float = 57.0  # plain CG per right-hand side, no preconditioner
     spectrum_products: int = 18  # power iteration (~10) + Hutchinson (8)
-    test_state_transitions: int = 1  # transitions audited per test trajectory
 
     def sketch_rank(self, columns: int) -> int:
         """Rank "auto" as measured: 64 for 16 raw columns, 128 for 128 cosine columns (then
@@ -113,7 +112,8 @@ class StageCost:
 
 
 def _timeit(fn: Callable[[], object], min_time: float = 0.5, max_reps: int = 20) -> float:
-    """Median-free mean over repetitions after one warm-up call: seconds per call."""
+    """Seconds per call: the mean over repetitions (at least ``min_time`` in all, at most
+    ``max_reps``) after one warm-up call."""
     fn()
     reps, t0 = 0, time.perf_counter()
     while True:
@@ -216,8 +216,8 @@ def measure(
     flops: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> UnitCosts:
-    """Time the preset's unit costs on ``device`` (about a minute on a CPU for the paper
-    preset's 12M-parameter UNet at 128^2; the models get random weights: a trained model
+    """Time the preset's unit costs on ``device`` (the paper preset took 300 s on one loaded
+    CPU core, its three models at 128^2; the models get random weights: a trained model
     costs the same per product, it only converges in fewer iterations)."""
     device = torch.device(device)
     say = progress or (lambda _msg: None)
@@ -281,15 +281,16 @@ def estimate(
     train_traj = (per_file - (n_val if preset.val_fraction > 0 else 0)) * fams
     train_transitions = train_traj * (preset.snapshots - 1)
     in_memory = preset.train_trajectories * fams * preset.snapshots * snap_bytes
-    n = states_per_batch(preset) * a.test_state_transitions
+    n = states_per_batch(preset)  # one transition per test trajectory
     dampings = len(preset.dampings)
+    clusters = _audit_clusters(preset)
+    # TrainConfig.data_loading "auto" streams above a quarter of this machine's RAM: then
+    # two batches of (input, target) are held, not the data set
+    streamed = streams_by_default(in_memory)
     for mp in preset.models:
         mc = costs.models[mp.preset]
         runs = len(preset.seeds)
         steps = mp.epochs * (train_transitions // mp.batch_size)  # the trainer drops the rest
-        # TrainConfig.data_loading "auto" streams above a quarter of this machine's RAM:
-        # then two batches of (input, target) are held, not the data set
-        streamed = streams_by_default(in_memory)
         data_ram = 2 * 2 * mp.batch_size * snap_bytes if streamed else in_memory
         stages.append(
             StageCost(
@@ -309,7 +310,7 @@ def estimate(
             )
         )
         audits = runs * fams * preset.test_batches  # one mini-batch of one family each
-        for label, errors, influence in _audit_clusters(preset):
+        for label, errors, influence in clusters:
             stages.append(
                 _audit_stage(
                     mp.preset, mc, label, errors, influence, n, audits, dampings, preset, a
@@ -320,23 +321,18 @@ def estimate(
 
 def _audit_clusters(preset: StudyPreset) -> list[tuple[str, int, int]]:
     """(label, forward-error elements, influence elements) per influence computation of one
-    mini-batch, as `run_audit` does it: every non-translation group alone; all translation
-    groups together on the rule-chosen shift set (`symaudit.diagnostics.shifts`), sharing
-    the identity; forward errors over every element."""
+    mini-batch, by `run_audit`'s own rules: its clusters (each non-translation group alone,
+    the translation groups together), influence elements (the rule-chosen shifts) and their
+    union by name; forward errors over every element."""
+    from symaudit.diagnostics.audit import _influence_elements, _solve_clusters
     from symaudit.pipeline.run import _influence_shifts
 
-    shifts = set(_influence_shifts(preset)) | {0}
-    out, trans = [], []
-    for spec in preset.groups:
-        group = _group(spec, preset.resolution)
-        if group.spec.get("kind") == "translations":
-            keep = sum(all(c in shifts for c in g.shift) for g in group)
-            trans.append((spec, len(group), keep))
-        else:
-            out.append((spec, len(group), len(group)))
-    if trans:
-        union = sum(k for *_, k in trans) - (len(trans) - 1)  # the identity once
-        out.append(("+".join(s for s, *_ in trans), sum(e for _, e, _ in trans), union))
+    shifts = _influence_shifts(preset)
+    out = []
+    for cluster in _solve_clusters(list(preset.groups)):
+        groups = {spec: _group(spec, preset.resolution) for spec in cluster}
+        union = {e.name for spec, g in groups.items() for e in _influence_elements(g, spec, shifts)}
+        out.append(("+".join(cluster), sum(len(g) for g in groups.values()), len(union)))
     return out
 
 
