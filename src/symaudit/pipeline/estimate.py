@@ -283,7 +283,6 @@ def estimate(
     in_memory = preset.train_trajectories * fams * preset.snapshots * snap_bytes
     n = states_per_batch(preset)  # one transition per test trajectory
     dampings = len(preset.dampings)
-    clusters = _audit_clusters(preset)
     # TrainConfig.data_loading "auto" streams above a quarter of this machine's RAM: then
     # two batches of (input, target) are held, not the data set
     streamed = streams_by_default(in_memory)
@@ -310,7 +309,7 @@ def estimate(
             )
         )
         audits = runs * fams * preset.test_batches  # one mini-batch of one family each
-        for label, errors, influence in clusters:
+        for label, errors, influence in _audit_clusters(preset, mp.audit_groups(preset)):
             stages.append(
                 _audit_stage(
                     mp.preset, mc, label, errors, influence, n, audits, dampings, preset, a
@@ -319,7 +318,7 @@ def estimate(
     return stages
 
 
-def _audit_clusters(preset: StudyPreset) -> list[tuple[str, int, int]]:
+def _audit_clusters(preset: StudyPreset, audited: tuple[str, ...]) -> list[tuple[str, int, int]]:
     """(label, forward-error elements, influence elements) per influence computation of one
     mini-batch, by `run_audit`'s own rules: its clusters (each non-translation group alone,
     the translation groups together), influence elements (the rule-chosen shifts) and their
@@ -329,7 +328,7 @@ def _audit_clusters(preset: StudyPreset) -> list[tuple[str, int, int]]:
 
     shifts = _influence_shifts(preset)
     out = []
-    for cluster in _solve_clusters(list(preset.groups)):
+    for cluster in _solve_clusters(list(audited)):
         groups = {spec: _group(spec, preset.resolution) for spec in cluster}
         union = {e.name for spec, g in groups.items() for e in _influence_elements(g, spec, shifts)}
         out.append(("+".join(cluster), sum(len(g) for g in groups.values()), len(union)))

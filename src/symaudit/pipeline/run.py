@@ -182,7 +182,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
             )
             audit_dir = out / "audits" / name
             audit_settings = dict(
-                groups=list(preset.groups),
+                groups=list(mp.audit_groups(preset)),
                 damping=preset.dampings[0],
                 damping_sweep=list(preset.dampings[1:]),
                 rtol=mp.rtol,
@@ -211,7 +211,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                     audit_settings,
                     [f"train/{name}", *test_inputs],
                     audit_dir,
-                    preset.test_batches * preset.per_family * len(preset.groups) * res2 / 5e3,
+                    preset.test_batches * preset.per_family * len(audit_settings["groups"]) * res2 / 5e3,
                     aud,
                     f"{mp.preset} seed {seed}",
                 )
