@@ -19,8 +19,14 @@ from symaudit.pipeline import PRESETS
 from symaudit.pipeline.run import plan
 
 MICRO = PRESETS["micro"]
-# per group, family and batch: equivariance.pt, influence.pt and one sweep-<j>.pt per extra damping
-PIECES = (1 + len(MICRO.dampings)) * len(MICRO.groups) * len(MICRO.families) * MICRO.test_batches
+
+
+def _pieces(audit_name: str) -> int:
+    """Result files of a finished audit: per audited group, family and batch,
+    equivariance.pt, influence.pt and one sweep-<j>.pt per extra damping."""
+    mp = next(m for m in MICRO.models if audit_name.startswith(m.preset + "-"))
+    groups = mp.audit_groups(MICRO)
+    return (1 + len(MICRO.dampings)) * len(groups) * len(MICRO.families) * MICRO.test_batches
 
 
 def _cmd(out: Path) -> list[str]:
@@ -41,7 +47,7 @@ def _half_done_audit(out: Path, names: list[str]) -> str | None:
     """The audit unit that has written some but not all of its pieces and no manifest."""
     for name in names:
         n = len(list((out / "audits" / name).rglob("*.pt")))
-        if 0 < n < PIECES and not (out / "manifests" / f"audit__{name}.json").exists():
+        if 0 < n < _pieces(name) and not (out / "manifests" / f"audit__{name}.json").exists():
             return name
     return None
 
@@ -76,7 +82,7 @@ def test_sigkill_mid_audit_then_rerun_redoes_only_the_killed_unit_and_later(tmp_
     # everything before the killed unit finished, nothing from it on did
     assert finished == names[:killed], (finished, victim)
     kept_pieces = sorted((out / "audits" / victim).rglob("*.pt"))
-    assert 0 < len(kept_pieces) < PIECES, "the kill must land inside the audit"
+    assert 0 < len(kept_pieces) < _pieces(victim), "the kill must land inside the audit"
     before = _snapshot(
         [manifests / (n.replace("/", "__") + ".json") for n in finished]
         + sorted((out / "data").rglob("*.h5"))
@@ -93,7 +99,7 @@ def test_sigkill_mid_audit_then_rerun_redoes_only_the_killed_unit_and_later(tmp_
     assert _snapshot(list(before)) == before
     for n in names[killed:]:
         assert (manifests / (n.replace("/", "__") + ".json")).exists(), n
-    assert len(list((out / "audits" / victim).rglob("*.pt"))) == PIECES
+    assert len(list((out / "audits" / victim).rglob("*.pt"))) == _pieces(victim)
 
     # the resumed audit equals one computed in a single uninterrupted call
     fresh = tmp_path / "fresh"
@@ -102,7 +108,7 @@ def test_sigkill_mid_audit_then_rerun_redoes_only_the_killed_unit_and_later(tmp_
         out / "runs" / victim, **unit.settings, out=fresh, test_data=[str(out / "data" / "test")]
     )
     a, b = load_audit(out / "audits" / victim), load_audit(fresh)
-    for spec in MICRO.groups:
+    for spec in unit.settings["groups"]:
         torch.testing.assert_close(a.equivariance[spec][0].error, b.equivariance[spec][0].error)
         torch.testing.assert_close(
             a.influence[spec][0].diagonal("cosine"), b.influence[spec][0].diagonal("cosine")
