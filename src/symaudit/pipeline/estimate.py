@@ -329,9 +329,10 @@ def _audit_clusters(preset: StudyPreset) -> list[tuple[str, int, int]]:
 
     shifts = _influence_shifts(preset)
     out = []
-    for cluster in _solve_clusters(list(preset.groups)):
-        groups = {spec: _group(spec, preset.resolution) for spec in cluster}
-        union = {e.name for spec, g in groups.items() for e in _influence_elements(g, spec, shifts)}
+    built = {spec: _group(spec, preset.resolution) for spec in preset.groups}
+    for cluster in _solve_clusters(built):
+        groups = {spec: built[spec] for spec in cluster}
+        union = {e.name for g in groups.values() for e in _influence_elements(g, shifts)}
         out.append(("+".join(cluster), sum(len(g) for g in groups.values()), len(union)))
     return out
 

@@ -96,6 +96,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     from symaudit.data import open_dataset
     from symaudit.data.generate import GenerationSettings, generate, merge_shards, partial_path
     from symaudit.diagnostics.audit import run_audit
+    from symaudit.diagnostics.settings import AuditSettings
     from symaudit.training import TrainConfig, train
 
     units: list[Unit] = []
@@ -181,10 +182,10 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                 )
             )
             audit_dir = out / "audits" / name
-            audit_settings = dict(
-                groups=list(preset.groups),
+            audit = AuditSettings(
+                groups=preset.groups,
                 damping=preset.dampings[0],
-                damping_sweep=list(preset.dampings[1:]),
+                damping_sweep=preset.dampings[1:],
                 rtol=mp.rtol,
                 test_batches=preset.test_batches,
                 per_family=preset.per_family,
@@ -192,17 +193,13 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                 cosine=preset.cosine,
                 max_iter=preset.max_iter,
                 rank=preset.rank,
+                test_data=[str(out / "data" / "test")],
             )
+            # the manifest's settings: run_audit's options except the (study-relative) test data
+            audit_settings = audit.options(exclude=("test_data", "metric_batch"))
 
-            def aud(run_dir=run_dir, audit_dir=audit_dir, s=audit_settings) -> None:
-                run_audit(
-                    run_dir,
-                    **s,
-                    out=audit_dir,
-                    test_data=[str(out / "data" / "test")],
-                    device=device,
-                    overwrite=True,
-                )
+            def aud(run_dir=run_dir, audit_dir=audit_dir, s=audit) -> None:
+                run_audit(run_dir, s, out=audit_dir, device=device, overwrite=True)
 
             units.append(
                 Unit(
