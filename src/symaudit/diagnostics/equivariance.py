@@ -227,9 +227,9 @@ def _progress(enabled: bool, total: int, what: str):
     if not enabled:
         yield lambda k: None
         return
-    from rich.progress import Progress
+    from symaudit._progress import progress_bar
 
-    with Progress(transient=True) as bar:
+    with progress_bar(True, transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda k: bar.advance(task, k)
 
