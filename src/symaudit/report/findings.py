@@ -785,7 +785,18 @@ def findings(study: StudyData) -> list[dict[str, str]]:
 
 def readings(study: StudyData) -> dict[str, str]:
     """A short data-driven reading of each figure, keyed by figure id."""
-    r: dict[str, str] = {}
+    r = {
+        "test_error": _read_test_error(study),
+        "d4_error": _read_d4_error(study),
+        "d4_influence": _read_d4_influence(study),
+    }
+    for kind, axis in (("shift-x", "horizontal"), ("shift-y", "vertical")):
+        r[f"{kind}_error"], r[f"{kind}_influence"] = _read_shifts(study, kind, axis)
+    r["defect"] = _read_defect(study)
+    return r
+
+
+def _read_test_error(study: StudyData) -> str:
     d4 = [m for m in study.models if "d4" in m.groups]
     fams = sorted({f for m in d4 for f in m.groups["d4"].families})
     parts = []
@@ -802,11 +813,14 @@ def readings(study: StudyData) -> dict[str, str]:
             best = (e, name) if best is None or e < best[0] else best
         if cells:
             parts.append(f"{fam.upper()}: " + ", ".join(cells) + f" (lowest E_e: {best[1]})")
-    r["test_error"] = (
+    return (
         "Median one-step error, untransformed → D4-averaged: " + "; ".join(parts) + "."
         if parts
         else "No D4 audit."
     )
+
+
+def _read_d4_error(study: StudyData) -> str:
     parts = []
     for m in study.models:
         g = m.groups.get("d4")
@@ -817,7 +831,10 @@ def readings(study: StudyData) -> dict[str, str]:
             k = int(np.argmax(med))
             cells.append(f"{fam.upper()} {g.elements[k]} ({med[k]:.3g} vs identity {med[0]:.3g})")
         parts.append(f"{m.label}: worst element per family " + ", ".join(cells))
-    r["d4_error"] = "; ".join(parts) + "." if parts else "No D4 audit."
+    return "; ".join(parts) + "." if parts else "No D4 audit."
+
+
+def _read_d4_influence(study: StudyData) -> str:
     parts = []
     for m in study.models:
         g = m.groups.get("d4")
@@ -846,38 +863,42 @@ def readings(study: StudyData) -> dict[str, str]:
         if dominated
         else ""
     )
-    r["d4_influence"] = (
+    return (
         "; ".join(parts)
         + ". A cosine near 1 means an update on x moves the loss on g x as much as on x "
         "(the update propagates across the orbit); near 0, not at all." + note
         if parts
         else "No D4 audit."
     )
-    for kind, axis in (("shift-x", "horizontal"), ("shift-y", "vertical")):
-        parts, iparts = [], []
-        for m in study.models:
-            g = m.groups.get(kind)
-            if g is None:
-                continue
-            cells = [
-                f"{fam.upper()} {med.min():.3g}–{med.max():.3g} "
-                f"(max/min {med.max() / med.min():.2f})"
-                for fam, med in _family_rows(g, g.error).items()
-            ]
-            parts.append(f"{m.label}: median E_g per family " + ", ".join(cells))
-            src = g.cosine if g.cosine is not None else g.frobenius
-            im = np.median(src, axis=1)
-            iparts.append(f"{m.label}: median influence from {im.min():.3g} to {im.max():.3g}")
-        r[f"{kind}_error"] = (
-            (f"{axis.capitalize()} shifts. " + "; ".join(parts) + ".")
-            if parts
-            else f"No {kind} audit."
-        )
-        r[f"{kind}_influence"] = (
-            (f"{axis.capitalize()} shifts. " + "; ".join(iparts) + ".")
-            if iparts
-            else f"No {kind} audit."
-        )
+
+
+def _read_shifts(study: StudyData, kind: str, axis: str) -> tuple[str, str]:
+    """The readings of the error and the influence figures of one translation axis."""
+    parts, iparts = [], []
+    for m in study.models:
+        g = m.groups.get(kind)
+        if g is None:
+            continue
+        cells = [
+            f"{fam.upper()} {med.min():.3g}–{med.max():.3g} (max/min {med.max() / med.min():.2f})"
+            for fam, med in _family_rows(g, g.error).items()
+        ]
+        parts.append(f"{m.label}: median E_g per family " + ", ".join(cells))
+        src = g.cosine if g.cosine is not None else g.frobenius
+        im = np.median(src, axis=1)
+        iparts.append(f"{m.label}: median influence from {im.min():.3g} to {im.max():.3g}")
+    error = (
+        (f"{axis.capitalize()} shifts. " + "; ".join(parts) + ".") if parts else f"No {kind} audit."
+    )
+    influence = (
+        (f"{axis.capitalize()} shifts. " + "; ".join(iparts) + ".")
+        if iparts
+        else f"No {kind} audit."
+    )
+    return error, influence
+
+
+def _read_defect(study: StudyData) -> str:
     parts = []
     for m in study.models:
         vals = [float(np.median(g.defect[1:])) for g in m.groups.values() if g.defect.shape[0] > 1]
@@ -885,8 +906,7 @@ def readings(study: StudyData) -> dict[str, str]:
             parts.append(
                 f"{m.label}: median defect over non-identity elements up to {max(vals):.3g}"
             )
-    r["defect"] = "; ".join(parts) + "." if parts else "No audit."
-    return r
+    return "; ".join(parts) + "." if parts else "No audit."
 
 
 def load_study(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
