@@ -305,6 +305,11 @@ class AuditRecord:
     def seed(self) -> int:
         return int(self.meta["run"]["seed"])
 
+    @property
+    def settings(self) -> AuditSettings:
+        """The `AuditSettings` the audit was made with (test data: the files it read)."""
+        return AuditSettings.from_record(self.meta["settings"])
+
 
 def load_audit(audit_dir: str | os.PathLike) -> AuditRecord:
     """Load every piece listed in ``AUDIT_DIR/audit.json``; `AuditError` if one is missing."""

@@ -283,6 +283,16 @@ class AuditSettings:
             "cosine": self.cosine,
         }
 
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> AuditSettings:
+        """The settings stored by `record` (e.g. ``audit.json``'s "settings"); extra keys
+        (a foreign model's layout, ...) are ignored, the test data become their files."""
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in record.items() if k in names}
+        sources = given.pop("test_data", None) or {}
+        files = [f for src in sources.values() for f in src.get("files", [])]
+        return cls(**given, test_data=files or None)
+
     def options(self, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
         """The settings as keyword arguments of `run_audit` (dampings in their given forms,
         lists for tuples), without the fields in ``exclude``."""

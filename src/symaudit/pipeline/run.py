@@ -312,9 +312,9 @@ def reproduce(
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
     out = check_output_dir(out)
+    units = plan(preset, out, device=device)  # validates every setting: nothing written yet
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
-    units = plan(preset, out, device=device)
     result = ReproduceResult(out=out)
     digests: dict[str, str] = {}
     say = log or (lambda _m: None)
