@@ -470,30 +470,36 @@ def _build_groups(settings: AuditSettings, layout, test: _TestSet) -> dict[str, 
 def _audit_meta(
     source: _Source, settings: AuditSettings, test: _TestSet, device, world: int
 ) -> dict[str, Any]:
-    """The content of ``audit.json`` (pieces added when complete)."""
-    info, model = source.info, source.model
-    record = settings.record(test.sources)
+    """The content of ``audit.json`` for a run of ours (pieces added when complete)."""
+    info = source.info
     ckpt_digest = file_sha256(source.checkpoint)[:16]
+    run = {
+        "dir": str(source.checkpoint.parent),
+        "checkpoint_sha256": ckpt_digest,
+        "epochs": info.epoch,
+        "seed": int(info.config.get("seed", 0)),
+        "config": info.config,
+    }
+    num = sum(p.numel() for p in source.model.parameters())
+    model = {**info.model_config, "num_parameters": num}
+    record = settings.record(test.sources)
+    return _meta(run, model, record, ckpt_digest, device, test, processes=world)
+
+
+def _meta(run: dict, model: dict, record: dict, identity: str, device, test: _TestSet, **extra):
+    """``audit.json``: the run and model, the settings and their digest together with the
+    model's ``identity`` (checkpoint or weights digest), the test times and families."""
     return {
         "format": AUDIT_FORMAT,
-        "run": {
-            "dir": str(source.checkpoint.parent),
-            "checkpoint_sha256": ckpt_digest,
-            "epochs": info.epoch,
-            "seed": int(info.config.get("seed", 0)),
-            "config": info.config,
-        },
-        "model": {
-            **info.model_config,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        },
+        "run": run,
+        "model": model,
         "settings": record,
-        "settings_digest": json_digest([record, ckpt_digest]),
+        "settings_digest": json_digest([record, identity]),
         "device": str(device),
         "times": test.times.tolist(),
         # families of the test data; each mini-batch is one of them (pieces' "family")
         "families": list(test.families),
-        "processes": world,
+        **extra,
         "complete": False,
     }
 

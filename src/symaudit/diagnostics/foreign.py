@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from symaudit._io import atomic_write_json, json_digest
+from symaudit._io import atomic_write_json
 from symaudit.diagnostics.audit import (
-    AUDIT_FORMAT,
     AuditError,
     _audit_batches,
     _Job,
+    _meta,
     _settings,
     _Solve,
     _test_errors,
@@ -151,21 +151,10 @@ def audit_foreign(
         "channel_rms": [float(v) for v in channel_rms],
         "channel_rms_source": rms_source,
     }
-    meta = {
-        "format": AUDIT_FORMAT,
-        "run": {"dir": None, "weights": weights, "seed": 0, "model_checksum": checksum},
-        "model": {
-            "preset": name,
-            "architecture": "foreign",
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        },
-        "settings": record,
-        "settings_digest": json_digest([record, checksum]),
-        "device": str(device),
-        "times": test.times.tolist(),
-        "families": list(test.families),
-        "complete": False,
-    }
+    run = {"dir": None, "weights": weights, "seed": 0, "model_checksum": checksum}
+    num = sum(p.numel() for p in model.parameters())
+    described = {"preset": name, "architecture": "foreign", "num_parameters": num}
+    meta = _meta(run, described, record, checksum, device, test)
     _start(out, meta, overwrite)
     loss = SMSE(torch.as_tensor(channel_rms, dtype=torch.float64)).to(device)
     if not (out / "test_errors.json").exists():

@@ -33,6 +33,7 @@ from symaudit._progress import progress_bar
 from symaudit.diagnostics._gradients import per_sample_gradients
 from symaudit.diagnostics._operator import Damped, hutchinson_trace, top_eigenvalue
 from symaudit.diagnostics._params import ColumnMap
+from symaudit.diagnostics.equivariance import element_index
 from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, block_cg, cg
 from symaudit.diagnostics.metric import (
     MetricOperator,
@@ -109,10 +110,7 @@ class InfluenceResult:
         return getattr(self, kind).diagonal(dim1=1, dim2=2)
 
     def index(self, name: str) -> int:
-        try:
-            return self.elements.index(name)
-        except ValueError:
-            raise KeyError(f"no group element {name!r}; have {self.elements}") from None
+        return element_index(self.elements, name)
 
     @property
     def all_converged(self) -> bool:

@@ -539,13 +539,17 @@ def _f3(study: StudyData) -> tuple[dict[str, bool], str] | None:
     return per, "median |M^g_ii / ||M^g||_F| over g ≠ e " + "; ".join(txt)
 
 
-def _f4(study: StudyData) -> dict[str, str]:
-    per, txt = {}, []
+def _shift_pairs(study: StudyData):
+    """(kind, UNet group, ViT group) for each translation axis audited for both models."""
     for kind in ("shift-x", "shift-y"):
         pair = _pair(study, kind)
-        if pair is None:
-            continue
-        gu, gv = pair
+        if pair is not None:
+            yield kind, *pair
+
+
+def _f4(study: StudyData) -> dict[str, str]:
+    per, txt = {}, []
+    for kind, gu, gv in _shift_pairs(study):
         # per family: typical error = median over shifts of the per-shift median over states;
         # spike index = max over shifts of the per-shift maximum over states / typical
         mu, mv = _family_rows(gu, gu.error), _family_rows(gv, gv.error)
@@ -617,11 +621,7 @@ def _f6(study: StudyData) -> tuple[dict[str, bool], str] | None:
     per, txt = {}, []
     pu = study.by_arch("unet").period if study.by_arch("unet") else None
     pv = study.by_arch("vit").period if study.by_arch("vit") else None
-    for kind in ("shift-x", "shift-y"):
-        pair = _pair(study, kind)
-        if pair is None:
-            continue
-        gu, gv = pair
+    for kind, gu, gv in _shift_pairs(study):
         mu, mv = _family_rows(gu, gu.frobenius), _family_rows(gv, gv.frobenius)
         s = gu.inf_shifts
         nz = np.asarray(s) != 0
