@@ -9,6 +9,10 @@ from typing import Annotated
 import typer
 
 from symaudit.cli._app import app
+from symaudit.diagnostics.settings import AuditSettings
+
+#: the option defaults are the settings' own
+_DEFAULTS = AuditSettings(groups=["d4"])
 
 
 @app.command()
@@ -80,7 +84,7 @@ def audit(
     test_batches: Annotated[int, typer.Option(help="Test mini-batches K per IC family.")] = 1,
     per_family: Annotated[
         int, typer.Option(help="Trajectories N per mini-batch (all of one IC family).")
-    ] = 8,
+    ] = _DEFAULTS.per_family,
     test_data: Annotated[
         list[Path] | None,
         typer.Option(help="Test dataset files/dirs (default: the run's held-out trajectories)."),
@@ -88,7 +92,9 @@ def audit(
     metric_batch: Annotated[
         str, typer.Option(help="'test' (the test batch) or 'train:N' (N training transitions).")
     ] = "test",
-    max_iter: Annotated[int, typer.Option(help="CG iteration limit per solve.")] = 500,
+    max_iter: Annotated[
+        int, typer.Option(help="CG iteration limit per solve.")
+    ] = _DEFAULTS.max_iter,
     rank: Annotated[
         str,
         typer.Option(
@@ -120,7 +126,7 @@ def audit(
     """
     from symaudit.cli._dist import process_group, relaunch, under_torchrun
     from symaudit.diagnostics.audit import AuditError, run_audit
-    from symaudit.diagnostics.settings import DAMPING_SWEEP, AuditSettings
+    from symaudit.diagnostics.settings import DAMPING_SWEEP
     from symaudit.groups import GroupError
 
     if (run is None) == (model is None):

@@ -147,8 +147,9 @@ class NystromPreconditioner:
 
     Args:
         eta: the PSD part, applied to `(P, l)` blocks (the damping is *not* included).
-        num_params: P.  rank: initial l.  mu: the damping lambda (can be changed later; the
-        sketch of eta does not depend on it).  dtype/device: of the sketch.  seed: of Omega.
+        num_params: P.  rank: initial l.  mu: the damping lambda (`damped` gives the
+        preconditioner of another damping from the same sketch: it does not depend on mu).
+        dtype/device: of the sketch.  seed: of Omega.
     """
 
     def __init__(
