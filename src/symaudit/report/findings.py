@@ -796,6 +796,11 @@ def readings(study: StudyData) -> dict[str, str]:
     return r
 
 
+def _audited(study: StudyData, kind: str) -> list[tuple[ModelData, GroupData]]:
+    """(model, its pooled data) for every model that audited the group ``kind``."""
+    return [(m, m.groups[kind]) for m in study.models if kind in m.groups]
+
+
 def _read_test_error(study: StudyData) -> str:
     d4 = [m for m in study.models if "d4" in m.groups]
     fams = sorted({f for m in d4 for f in m.groups["d4"].families})
@@ -822,10 +827,7 @@ def _read_test_error(study: StudyData) -> str:
 
 def _read_d4_error(study: StudyData) -> str:
     parts = []
-    for m in study.models:
-        g = m.groups.get("d4")
-        if g is None:
-            continue
+    for m, g in _audited(study, "d4"):
         cells = []
         for fam, med in _family_rows(g, g.error).items():
             k = int(np.argmax(med))
@@ -836,10 +838,7 @@ def _read_d4_error(study: StudyData) -> str:
 
 def _read_d4_influence(study: StudyData) -> str:
     parts = []
-    for m in study.models:
-        g = m.groups.get("d4")
-        if g is None:
-            continue
+    for m, g in _audited(study, "d4"):
         txt = (
             f"{m.label}: median cross-orbit Frobenius influence {_med(g.frobenius[1:]):.3g} "
             f"(identity {_med(g.frobenius[0]):.3g})"
@@ -875,10 +874,7 @@ def _read_d4_influence(study: StudyData) -> str:
 def _read_shifts(study: StudyData, kind: str, axis: str) -> tuple[str, str]:
     """The readings of the error and the influence figures of one translation axis."""
     parts, iparts = [], []
-    for m in study.models:
-        g = m.groups.get(kind)
-        if g is None:
-            continue
+    for m, g in _audited(study, kind):
         cells = [
             f"{fam.upper()} {med.min():.3g}–{med.max():.3g} (max/min {med.max() / med.min():.2f})"
             for fam, med in _family_rows(g, g.error).items()
