@@ -209,15 +209,15 @@ def test_bad_input_is_rejected_clearly():
 
 
 def _fake_op(lam: torch.Tensor):
-    """An object with MetricOperator's sketching interface around a dense eta = Q diag Q^T."""
-    from types import SimpleNamespace
+    """An operator (shape, dtype, device, matmat) around a dense eta = Q diag Q^T."""
+    from symaudit.diagnostics._operator import DenseOperator
 
     n = lam.numel()
     Q = torch.linalg.qr(
         torch.randn(n, n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ).Q
     eta = (Q * lam) @ Q.T
-    return SimpleNamespace(eta=lambda V: eta @ V, num_params=n, dtype=torch.float64, device=None)
+    return DenseOperator(eta)
 
 
 def test_auto_rank_grows_only_while_it_pays():

@@ -36,12 +36,16 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "exclusive",
+    "file_sha256",
+    "json_digest",
     "load_result_payload",
     "payload_digest",
     "prepare_stage",
     "replace_dir",
     "staged_dir",
     "staging_path",
+    "tensor_bytes",
+    "tensor_digest",
     "tree_digests",
 ]
 
@@ -111,6 +115,36 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
     return atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def json_digest(data: Any) -> str:
+    """SHA-256 (16 hex digits) of the canonical JSON of ``data`` (sorted keys; other objects by
+    ``str``): the digest of settings, stored to tell a resumable output from another one."""
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tensor_bytes(t: torch.Tensor) -> bytes:
+    """The raw bytes of a tensor (any dtype and shape, on any device), in memory order."""
+    t = t.detach().cpu().contiguous().reshape(-1)  # reshape: 0-dim tensors cannot be viewed
+    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 (16 hex digits) of the bytes of ``tensors`` in turn."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(tensor_bytes(t))
+    return h.hexdigest()[:16]
+
+
 def payload_digest(obj: Any) -> str:
     """SHA-256 of a nested payload (dicts, lists, tensors, numbers, strings), independent of
     how it is serialised: stored in a file, it tells a loaded payload from a corrupted one."""
@@ -121,9 +155,8 @@ def payload_digest(obj: Any) -> str:
 
 def _feed(h: Any, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous().reshape(-1)  # 1-D: a 0-dim tensor cannot be viewed
-        h.update(f"T{t.dtype}{tuple(obj.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes())
+        h.update(f"T{obj.dtype}{tuple(obj.shape)}".encode())
+        h.update(tensor_bytes(obj))
     elif isinstance(obj, dict):
         h.update(b"D%d" % len(obj))
         for key in sorted(obj, key=repr):
@@ -284,11 +317,7 @@ def tree_digests(path: str | os.PathLike) -> dict[str, str]:
         rel = p.relative_to(path).as_posix() if p != path else p.name
         if any(part.startswith(".") for part in Path(rel).parts):
             continue
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                h.update(block)
-        out[rel] = h.hexdigest()
+        out[rel] = file_sha256(p)
     return out
 
 

@@ -9,15 +9,10 @@ from typing import Annotated
 import typer
 
 from symaudit.cli._app import app
+from symaudit.diagnostics.settings import AuditSettings
 
-
-def _damping(text: str | None) -> float | str | None:
-    if text is None or text.startswith("auto"):
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise typer.BadParameter(f"damping {text!r}: a number, 'auto' or 'auto:FRACTION'") from None
+#: the option defaults are the settings' own
+_DEFAULTS = AuditSettings(groups=["d4"])
 
 
 @app.command()
@@ -89,7 +84,7 @@ def audit(
     test_batches: Annotated[int, typer.Option(help="Test mini-batches K per IC family.")] = 1,
     per_family: Annotated[
         int, typer.Option(help="Trajectories N per mini-batch (all of one IC family).")
-    ] = 8,
+    ] = _DEFAULTS.per_family,
     test_data: Annotated[
         list[Path] | None,
         typer.Option(help="Test dataset files/dirs (default: the run's held-out trajectories)."),
@@ -97,7 +92,9 @@ def audit(
     metric_batch: Annotated[
         str, typer.Option(help="'test' (the test batch) or 'train:N' (N training transitions).")
     ] = "test",
-    max_iter: Annotated[int, typer.Option(help="CG iteration limit per solve.")] = 500,
+    max_iter: Annotated[
+        int, typer.Option(help="CG iteration limit per solve.")
+    ] = _DEFAULTS.max_iter,
     rank: Annotated[
         str,
         typer.Option(
@@ -128,7 +125,8 @@ def audit(
     interruption redoes only the missing pieces.
     """
     from symaudit.cli._dist import process_group, relaunch, under_torchrun
-    from symaudit.diagnostics.audit import DAMPING_SWEEP, AuditError, run_audit
+    from symaudit.diagnostics.audit import AuditError, run_audit
+    from symaudit.diagnostics.settings import DAMPING_SWEEP
     from symaudit.groups import GroupError
 
     if (run is None) == (model is None):
@@ -139,55 +137,38 @@ def audit(
             "error: --nproc must be >= 1 (and 1 with --model)", fg=typer.colors.RED, err=True
         )
         raise typer.Exit(code=2)
-    if nproc > 1 and not under_torchrun():
-        relaunch(nproc)
-    if model is not None:
-        _audit_foreign(
-            model,
-            (weights, trust_weights),
-            layout,
-            test_data,
-            group,
-            out,
-            resolution=resolution,
-            snapshots=snapshots,
-            orientation=orientation,
-            damping=_damping(damping) or "auto",
-            damping_sweep=DAMPING_SWEEP if damping_sweep else None,
-            rtol=5e-3 if rtol is None else rtol,
+    try:  # every setting checked before anything is read, computed or written
+        settings = AuditSettings(
+            groups=group,
+            damping=damping,
+            damping_sweep=DAMPING_SWEEP if damping_sweep else (),
+            rtol=rtol,
             test_batches=test_batches,
             per_family=per_family,
+            test_data=[str(p) for p in test_data] if test_data else None,
+            metric_batch=metric_batch,
             max_iter=max_iter,
             rank=_parse_rank(rank),
             cosine=not no_cosine,
-            device=device,
-            overwrite=overwrite,
-            progress=not quiet,
-            log=None if quiet else typer.echo,
+        )
+    except ValueError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from None
+    if nproc > 1 and not under_torchrun():
+        relaunch(nproc)
+    run_options = dict(device=device, overwrite=overwrite, progress=not quiet)
+    run_options["log"] = None if quiet else typer.echo
+    if model is not None:
+        foreign = dict(resolution=resolution, snapshots=snapshots, orientation=orientation)
+        _audit_foreign(
+            model, (weights, trust_weights), layout, settings, out, **foreign, **run_options
         )
         return
     try:
         with process_group(device) as joined:
             device, pg, rank_ = joined
             path = run_audit(
-                run,
-                group,
-                out=out,
-                damping=_damping(damping),
-                damping_sweep=DAMPING_SWEEP if damping_sweep else None,
-                rtol=rtol,
-                test_batches=test_batches,
-                per_family=per_family,
-                test_data=[str(p) for p in test_data] if test_data else None,
-                metric_batch=metric_batch,
-                max_iter=max_iter,
-                rank=_parse_rank(rank),
-                cosine=not no_cosine,
-                device=device,
-                overwrite=overwrite,
-                progress=not quiet,
-                log=None if quiet else typer.echo,
-                process_group=pg,
+                run, settings, out=out, **{**run_options, "device": device}, process_group=pg
             )
     except (AuditError, GroupError, ValueError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -204,7 +185,7 @@ def _parse_rank(value: str) -> int | str:
     return int(value)
 
 
-def _audit_foreign(spec, weights, layout, test_data, groups, out, **kwargs) -> None:
+def _audit_foreign(spec, weights, layout, settings, out, **kwargs) -> None:
     """`symaudit audit --model ...`: load the factory and weights, audit on --test-data."""
     from symaudit.data.transitions import parse_snapshots
     from symaudit.diagnostics.audit import AuditError
@@ -214,7 +195,7 @@ def _audit_foreign(spec, weights, layout, test_data, groups, out, **kwargs) -> N
     from symaudit.models.foreign import ForeignModelError, load_factory, load_weights, parse_layout
 
     try:
-        if not test_data:
+        if not settings.test_data:
             raise ForeignModelError("--model needs --test-data FILE (ours, PDEGym .nc, The Well)")
         fields = parse_layout(layout)
         net = load_factory(spec)
@@ -225,8 +206,8 @@ def _audit_foreign(spec, weights, layout, test_data, groups, out, **kwargs) -> N
         path = audit_foreign(
             net,
             fields,
-            [str(p) for p in test_data],
-            groups,
+            list(settings.test_data),
+            settings,
             out=out,
             name=spec.rpartition(":")[2],
             weights=None if weights is None else str(weights),

@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from symaudit.cli._app import app
-
-_KINDS = ("ce-rp", "ce-crp", "ce-rpui", "ce-kh", "ce-gauss")
+from symaudit.physics.initial_conditions import KINDS
 
 
 @app.command()
@@ -18,7 +17,7 @@ def generate(
         Path, typer.Option("--out", help="Output dataset file (HDF5), e.g. data/ce-rp.h5.")
     ],
     kind: Annotated[
-        str, typer.Option(help=f"Initial-condition family: {', '.join(_KINDS)}.")
+        str, typer.Option(help=f"Initial-condition family: {', '.join(KINDS)}.")
     ] = "ce-rp",
     trajectories: Annotated[int, typer.Option(help="Number of trajectories.")] = 64,
     resolution: Annotated[int, typer.Option(help="Output grid size R (R x R cells).")] = 64,

@@ -241,24 +241,12 @@ class _Progress:
         self._done, self._rows = done, 0
         if not enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from symaudit._progress import progress_bar
 
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("trajectories"),
-            TextColumn("t = {task.fields[sim_t]:.3f}/{task.fields[t_final]:.3f}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+        self._bar = progress_bar(
+            True,
+            "trajectories",
+            "t = {task.fields[sim_t]:.3f}/{task.fields[t_final]:.3f}",
         )
         self._bar.start()
         self._task = self._bar.add_task(

@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch.func import vmap
 
+from symaudit._io import tensor_bytes
+
 __all__ = [
     "ColumnMap",
     "ModelOutputError",
@@ -169,13 +171,8 @@ def _canonical(value: object) -> object:
     return f"{type(value).__qualname__}:{_ADDRESS.sub('', repr(value))}"
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().cpu().contiguous().reshape(-1)  # reshape: 0-dim tensors cannot be viewed
-    return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-
-
 def _tensor_sha(t: torch.Tensor) -> str:
-    return hashlib.sha256(_tensor_bytes(t)).hexdigest()
+    return hashlib.sha256(tensor_bytes(t)).hexdigest()
 
 
 def model_checksum(model: nn.Module) -> str:
@@ -187,7 +184,7 @@ def model_checksum(model: nn.Module) -> str:
     for name, t in model.state_dict().items():
         if isinstance(t, torch.Tensor):
             h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-            h.update(_tensor_bytes(t))
+            h.update(tensor_bytes(t))
         else:
             text = json.dumps(_canonical(t), sort_keys=True)
             h.update(f"{name}:extra:{text};".encode())

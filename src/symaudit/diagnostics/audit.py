@@ -34,7 +34,6 @@ Defaults: rtol 5e-3 for UNet and G-CNN, 5e-2 for the ViT (the paper's); damping 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -51,16 +50,27 @@ import torch
 from symaudit._io import (
     atomic_write_json,
     check_output_dir,
+    file_sha256,
+    json_digest,
     prepare_stage,
     replace_dir,
     staging_path,
 )
+from symaudit.diagnostics.settings import (
+    DAMPING_SWEEP,
+    AuditSettings,
+    InfluenceSettings,
+    default_rtol,
+)
 from symaudit.errors import SymauditError
+from symaudit.training.checkpoint import CHECKPOINT_NAME
+from symaudit.training.loss import SMSE
 
 __all__ = [
     "DAMPING_SWEEP",
     "AuditError",
     "AuditRecord",
+    "AuditSettings",
     "default_rtol",
     "load_audit",
     "run_audit",
@@ -68,40 +78,16 @@ __all__ = [
 ]
 
 AUDIT_FORMAT = "symaudit-audit-2"  # 2: one family per mini-batch
-#: relative dampings (fractions of eta's top eigenvalue) of ``--damping-sweep``
-DAMPING_SWEEP = ("auto:1e-4", "auto:1e-3", "auto:1e-2", "auto:1e-1")
-_PAPER_RTOL = {"unet": 5e-3, "gcnn": 5e-3, "vit": 5e-2}
+#: SHA-256 (16 hex digits) of the canonical JSON of settings (the resume digest)
+settings_digest = json_digest
 
 
 class AuditError(SymauditError, RuntimeError):
     """An audit cannot run or resume (missing run, conflicting settings, too little data)."""
 
 
-def default_rtol(architecture: str) -> float:
-    """The paper's CG tolerance: 5e-3 for convolutional models, 5e-2 for the ViT."""
-    return _PAPER_RTOL.get(architecture, 5e-3)
-
-
-def settings_digest(data: Any) -> str:
-    """SHA-256 (16 hex digits) of the canonical JSON of ``data``."""
-    text = json.dumps(data, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
-
-
 def _group_dir(spec: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in spec)
-
-
-def _is_translation(spec: str) -> bool:
-    return all(t.strip().lower().startswith("shift") for t in spec.split("*"))
 
 
 @dataclass
@@ -194,13 +180,11 @@ def _check_grids(grids: dict[str, tuple[int, int]], ckpt: dict) -> None:
 
 
 def _metric_batch(spec: str, ckpt: dict, seed: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """``"test"`` → None (the test batch itself); ``"train:N"`` → N training transitions
-    drawn (seeded) from the run's own training trajectories."""
+    """``"test"`` → None (the test batch itself); ``"train:N"`` (checked by `AuditSettings`)
+    → N training transitions drawn (seeded) from the run's own training trajectories."""
     if spec == "test":
         return None
-    kind, _, num = spec.partition(":")
-    if kind != "train" or not num.isdigit() or int(num) < 1:
-        raise AuditError(f"metric batch must be 'test' or 'train:N', got {spec!r}")
+    num = spec.partition(":")[2]
     from symaudit.data.store import open_dataset
     from symaudit.data.transitions import parse_snapshots
 
@@ -247,7 +231,7 @@ def _check_metric_size(n: int, files: list, sel: slice | None) -> None:
         )
 
 
-def _test_errors(model, loss, test: _TestSet, device) -> dict:
+def _test_errors(model, loss, test: _TestSet) -> dict:
     """One-step and rollout SMSE per family next to the persistence forecast x_t+1 = x_t."""
     from symaudit.training import evaluate
 
@@ -321,6 +305,11 @@ class AuditRecord:
     def seed(self) -> int:
         return int(self.meta["run"]["seed"])
 
+    @property
+    def settings(self) -> AuditSettings:
+        """The `AuditSettings` the audit was made with (test data: the files it read)."""
+        return AuditSettings.from_record(self.meta["settings"])
+
 
 def load_audit(audit_dir: str | os.PathLike) -> AuditRecord:
     """Load every piece listed in ``AUDIT_DIR/audit.json``; `AuditError` if one is missing."""
@@ -350,49 +339,29 @@ def load_audit(audit_dir: str | os.PathLike) -> AuditRecord:
 
 def run_audit(
     run_dir: str | os.PathLike,
-    groups: Sequence[str],
+    groups: Sequence[str] | AuditSettings,
     *,
     out: str | os.PathLike,
-    damping: float | str | None = None,
-    damping_sweep: Sequence[float | str] | None = None,
-    rtol: float | None = None,
-    test_batches: int = 1,
-    per_family: int = 8,
-    influence_shifts: Sequence[int] | None = None,
-    test_data: Sequence[str | os.PathLike] | None = None,
-    metric_batch: str = "test",
-    max_iter: int = 500,
-    rank: int | str = "auto",
-    cosine: bool = True,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
     process_group: object | None = None,
+    **options: Any,
 ) -> Path:
     """Audit the run in ``run_dir`` for each group spec (e.g. "d4", "shift-x", "shift-y:4").
 
     Args:
-        groups: `symaudit.groups.from_spec` strings; translations are audited late in the
-            window, every other group at the first step (module docstring).
+        groups: an `AuditSettings`, or `symaudit.groups.from_spec` strings with the other
+            settings as ``options`` (the fields of `AuditSettings`: damping, damping_sweep,
+            rtol, test_batches, per_family, influence_shifts, test_data, metric_batch,
+            max_iter, rank, cosine). Translations are audited late in the window, every
+            other group at the first step (module docstring). The settings are validated
+            before anything is read or written.
         out: the audit directory (created).
-        damping: absolute lambda, "auto" (default: 1e-3 x top eigenvalue of eta) or
-            "auto:<fraction>".
-        damping_sweep: extra dampings computed with the same gradients and sketch (e.g.
-            `DAMPING_SWEEP`), saved as ``sweep-<j>.pt``.
-        rtol: CG relative residual; default `default_rtol` of the model's architecture.
-        test_batches, per_family: K mini-batches per initial-condition family, each of
-            N = ``per_family`` trajectories of that one family.
-        influence_shifts: for translation groups, the shifts whose influence is computed
-            (`symaudit.diagnostics.shifts.influence_shift_set`); equivariance errors cover
-            every element of the group. None: influence on every element too.
-        test_data: dataset files/directories with the test trajectories (one family per file);
-            default: the run's held-out (validation) trajectories.
-        metric_batch: "test" (eta from the test batch itself) or "train:N".
-        max_iter, rank: CG iteration limit; rank of the Nyström preconditioner (its sketch
-            costs ``rank`` products with eta), or "auto" (grown while it pays, see
-            `symaudit.diagnostics.influence`).
         device: where the model and solves run.
+        overwrite: replace an audit of other settings in ``out``.
+        progress, log: solver progress bars; a callable receiving progress lines.
         process_group: a torch.distributed group (e.g. ``dist.group.WORLD`` under torchrun,
             `symaudit audit --nproc K`): every rank runs this call, the metric batch is
             sharded over the ranks (each holds states r, r + K, ...; eta V is all-reduced)
@@ -401,19 +370,67 @@ def run_audit(
     Returns the audit directory. Influence solves that do not converge warn
     (`ConvergenceWarning`) and are recorded per column in the result files.
     """
-    from symaudit.groups import from_spec
-    from symaudit.training import SMSE, load_checkpoint
-    from symaudit.training.checkpoint import CheckpointError, read_checkpoint
-
+    settings = _settings(groups, options)
     rank_, world = _ranks(process_group)
     say = (log if rank_ == 0 else None) or (lambda _m: None)
-    run = Path(run_dir)
-    out = check_output_dir(out)
-    if not groups:
-        raise AuditError("no groups to audit: pass e.g. --group d4")
-    if test_batches < 1 or per_family < 1:
-        raise AuditError("test_batches and per_family must be positive")
-    ckpt_path = run / "checkpoint.pt"
+    run, out = Path(run_dir), check_output_dir(out)
+    source = _load_run(run, device, say)
+    settings = settings.with_rtol(source.info.model_config["architecture"])
+    test = _load_test_set(source.raw, settings.test_data)
+    jobs = _build_groups(settings, source.info.layout, test)
+    seed = int(source.info.config.get("seed", 0))
+    mbatch = _metric_batch(settings.metric_batch, source.raw, seed=seed)
+    meta = _audit_meta(source, settings, test, device, world)
+    final = out
+    if rank_ == 0:
+        out = _build_dir(out, meta["settings_digest"], meta["settings"], overwrite)
+    else:  # the other ranks compute alongside rank 0 and write nothing that is kept
+        out = Path(tempfile.mkdtemp(prefix=f"symaudit-rank{rank_}-"))
+    atomic_write_json(out / "audit.json", meta)
+    loss = SMSE(source.info.channel_rms).to(device)
+    if rank_ == 0 and not (out / "test_errors.json").exists():
+        say("test errors vs persistence")
+        atomic_write_json(out / "test_errors.json", _test_errors(source.model, loss, test))
+    solve = _Solve(
+        settings.influence(),
+        progress=progress and rank_ == 0,
+        process_group=process_group,
+    )
+    meta["pieces"] = _audit_batches(
+        source.model, loss, test, jobs, settings, mbatch, out, say, solve
+    )
+    meta["complete"] = True
+    atomic_write_json(out / "audit.json", meta)
+    if rank_ != 0:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out != final:
+        replace_dir(out, final)
+    return final
+
+
+def _settings(groups: Sequence[str] | AuditSettings, options: dict[str, Any]) -> AuditSettings:
+    if isinstance(groups, AuditSettings):
+        if options:
+            raise TypeError(f"pass either AuditSettings or options, not both: {sorted(options)}")
+        return groups
+    return AuditSettings(groups=groups, **options)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The audited run: its checkpoint (as read), the rebuilt model and what it records."""
+
+    checkpoint: Path
+    raw: dict
+    model: torch.nn.Module
+    info: Any  # symaudit.training.CheckpointInfo
+
+
+def _load_run(run: Path, device: str | torch.device, say: Callable[[str], None]) -> _Source:
+    from symaudit.training import load_checkpoint
+    from symaudit.training.checkpoint import CheckpointError, read_checkpoint
+
+    ckpt_path = run / CHECKPOINT_NAME
     try:
         raw = read_checkpoint(ckpt_path)
         model, info = load_checkpoint(ckpt_path, map_location=device)
@@ -421,115 +438,115 @@ def run_audit(
         raise AuditError(f"cannot audit {run}: {exc}") from exc
     if info.epoch < int(info.config.get("epochs", info.epoch)):
         say(f"warning: {run} is trained for {info.epoch}/{info.config['epochs']} epochs only")
-    arch = info.model_config["architecture"]
-    rtol = default_rtol(arch) if rtol is None else float(rtol)
-    damping = "auto" if damping is None else damping
-    sweep = list(damping_sweep or [])
-    test = _load_test_set(raw, test_data)
-    n_times = test.times.numel()
+    return _Source(ckpt_path, raw, model, info)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One audited group: the whole group (errors), its influence elements, and the time
+    index of the test transitions it is audited on."""
+
+    spec: str
+    group: Any  # symaudit.groups.Group
+    influence_group: Any
+    step: int
+
+
+def _build_groups(settings: AuditSettings, layout, test: _TestSet) -> dict[str, _Job]:
+    """Every group of the audit built once, before anything is computed."""
+    from symaudit.groups import from_spec, is_translation
+
     resolution = tuple(next(iter(test.families.values())).shape[-2:])
     dt = float(test.times[1] - test.times[0])
+    jobs = {}
+    for spec in settings.groups:
+        group = from_spec(spec, layout, resolution=resolution, dt=dt)
+        step = test.times.numel() - 2 if is_translation(group) else 0
+        inf_group = _influence_elements(group, settings.influence_shifts)
+        jobs[spec] = _Job(spec, group, inf_group, step)
+    return jobs
 
-    settings = {
-        "groups": list(groups),
-        "damping": damping,
-        "damping_sweep": sweep,
-        "rtol": rtol,
-        "test_batches": test_batches,
-        "per_family": per_family,
-        "influence_shifts": None if influence_shifts is None else sorted(influence_shifts),
-        "test_data": test.sources,
-        "metric_batch": metric_batch,
-        "max_iter": max_iter,
-        "rank": rank,
-        "cosine": cosine,
+
+def _audit_meta(
+    source: _Source, settings: AuditSettings, test: _TestSet, device, world: int
+) -> dict[str, Any]:
+    """The content of ``audit.json`` for a run of ours (pieces added when complete)."""
+    info = source.info
+    ckpt_digest = file_sha256(source.checkpoint)[:16]
+    run = {
+        "dir": str(source.checkpoint.parent),
+        "checkpoint_sha256": ckpt_digest,
+        "epochs": info.epoch,
+        "seed": int(info.config.get("seed", 0)),
+        "config": info.config,
     }
-    meta = {
+    num = sum(p.numel() for p in source.model.parameters())
+    model = {**info.model_config, "num_parameters": num}
+    record = settings.record(test.sources)
+    return _meta(run, model, record, ckpt_digest, device, test, processes=world)
+
+
+def _meta(run: dict, model: dict, record: dict, identity: str, device, test: _TestSet, **extra):
+    """``audit.json``: the run and model, the settings and their digest together with the
+    model's ``identity`` (checkpoint or weights digest), the test times and families."""
+    return {
         "format": AUDIT_FORMAT,
-        "run": {
-            "dir": str(run),
-            "checkpoint_sha256": _file_digest(ckpt_path),
-            "epochs": info.epoch,
-            "seed": int(info.config.get("seed", 0)),
-            "config": info.config,
-        },
-        "model": {
-            **info.model_config,
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        },
-        "settings": settings,
-        "settings_digest": settings_digest([settings, _file_digest(ckpt_path)]),
+        "run": run,
+        "model": model,
+        "settings": record,
+        "settings_digest": json_digest([record, identity]),
         "device": str(device),
         "times": test.times.tolist(),
         # families of the test data; each mini-batch is one of them (pieces' "family")
         "families": list(test.families),
-        "processes": world,
+        **extra,
         "complete": False,
     }
-    final = out
-    if rank_ == 0:
-        out = _build_dir(out, meta["settings_digest"], settings, overwrite)
-    else:  # the other ranks compute alongside rank 0 and write nothing that is kept
-        out = Path(tempfile.mkdtemp(prefix=f"symaudit-rank{rank_}-"))
-    meta_path = out / "audit.json"
-    atomic_write_json(meta_path, meta)
 
-    loss = SMSE(info.channel_rms).to(device)
-    if rank_ == 0 and not (out / "test_errors.json").exists():
-        say("test errors vs persistence")
-        atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
-    mbatch = _metric_batch(metric_batch, raw, seed=int(info.config.get("seed", 0)))
 
-    pieces: dict[str, list[dict]] = {spec: [] for spec in groups}
+@dataclass(frozen=True)
+class _Solve:
+    """How every influence computation of an audit runs."""
+
+    settings: InfluenceSettings
+    progress: bool = False
+    process_group: object | None = None
+
+
+def _audit_batches(
+    model,
+    loss,
+    test: _TestSet,
+    jobs: dict[str, _Job],
+    settings: AuditSettings,
+    mbatch,
+    out: Path,
+    say,
+    solve: _Solve,
+) -> dict[str, list[dict]]:
+    """Every (family, mini-batch, cluster of groups): errors and influence, skipping pieces
+    on disk. Returns the pieces per group spec, as listed in ``audit.json``."""
+    pieces: dict[str, list[dict]] = {spec: [] for spec in jobs}
+    clusters = _solve_clusters({spec: j.group for spec, j in jobs.items()})
     fams = list(test.families)
-    built = {}
-    for spec in groups:
-        group = from_spec(spec, info.layout, resolution=resolution, dt=dt)
-        step = n_times - 2 if _is_translation(spec) else 0
-        built[spec] = (group, _influence_elements(group, spec, influence_shifts), step)
-    solve = dict(
-        dampings=[damping, *sweep],
-        rtol=rtol,
-        max_iter=max_iter,
-        rank=rank,
-        cosine=cosine,
-        progress=progress and rank_ == 0,
-        process_group=process_group,
-    )
-    clusters = _solve_clusters(list(groups))
-    total, done = len(clusters) * test_batches * len(fams), 0
+    total, done = len(clusters) * settings.test_batches * len(fams), 0
+    sweeps = len(settings.damping_sweep)
     for fam in fams:
-        for k in range(test_batches):
+        for k in range(settings.test_batches):
             for cluster in clusters:
                 done += 1
-                step = built[cluster[0]][2]
-                jobs = []
+                step = jobs[cluster[0]].step
+                work = []
                 for spec in cluster:
-                    group, inf_group, _ = built[spec]
-                    piece = _piece(spec, fam, k, len(sweep), inf_group, step, test.times)
+                    job = jobs[spec]
+                    piece = _piece(spec, fam, k, sweeps, job.influence_group, step, test.times)
                     pieces[spec].append(piece)
-                    jobs.append((spec, group, inf_group, piece))
-                batch = test.batch(fam, k, per_family, step)
+                    work.append((spec, job.group, job.influence_group, piece))
+                batch = test.batch(fam, k, settings.per_family, step)
                 tag = f"[{done}/{total}] {'+'.join(cluster)} {fam} batch {k + 1}"
-                _audit_pieces(
-                    model,
-                    loss,
-                    batch,
-                    jobs,
-                    mbatch,
-                    out,
-                    tag + f" (t = {float(test.times[step]):.3g})",
-                    say,
-                    solve,
-                )
-    meta["pieces"] = pieces
-    meta["complete"] = True
-    atomic_write_json(meta_path, meta)
-    if rank_ != 0:
-        shutil.rmtree(out, ignore_errors=True)
-    elif out != final:
-        replace_dir(out, final)
-    return final
+                tag += f" (t = {float(test.times[step]):.3g})"
+                _audit_pieces(model, loss, batch, work, mbatch, out, tag, say, solve)
+    return pieces
 
 
 def _ranks(process_group) -> tuple[int, int]:
@@ -608,24 +625,29 @@ def _build_dir(out: Path, digest: str, settings: dict, overwrite: bool) -> Path:
     return prepare_stage(out, keep=_digest_in(staging_path(out)) == digest)
 
 
-def _influence_elements(group, spec: str, shifts: Sequence[int] | None):
+def _influence_elements(group, shifts: Sequence[int] | None):
     """The elements whose influence is computed: for a translation group with ``shifts``
     given, those whose shift (along the group's axis) is in it; else the whole group."""
-    if shifts is None or not _is_translation(spec):
+    from symaudit.groups import is_translation
+
+    if shifts is None or not is_translation(group):
         return group
     keep = {int(s) for s in shifts} | {0}
     return group.subset([g.name for g in group if all(c in keep for c in g.shift)])
 
 
-def _solve_clusters(groups: list[str]) -> list[list[str]]:
-    """Groups whose influence shares one computation: all translation groups (audited on
-    the same states, so one Nyström sketch and one test solve serve them all); every other
-    group alone."""
-    shifts = [g for g in groups if _is_translation(g)]
-    return [[g] for g in groups if not _is_translation(g)] + ([shifts] if shifts else [])
+def _solve_clusters(groups: dict[str, Any]) -> list[list[str]]:
+    """Group specs (keys of ``groups``: spec -> `Group`) whose influence shares one
+    computation: all translation groups (audited on the same states, so one Nyström sketch
+    and one test solve serve them all); every other group alone."""
+    from symaudit.groups import is_translation
+
+    shifts = [spec for spec, g in groups.items() if is_translation(g)]
+    alone = [[spec] for spec, g in groups.items() if not is_translation(g)]
+    return alone + ([shifts] if shifts else [])
 
 
-def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, say, solve: dict):
+def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, say, solve: _Solve):
     """For one mini-batch: equivariance errors of each job's whole group, then influence on
     the union of the jobs' influence elements in one `influence_sweep` (each skipped if on
     disk), split back into one result per group. The first group's result carries the
@@ -633,7 +655,7 @@ def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, s
     from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
     from symaudit.diagnostics.influence import InfluenceResult, influence_sweep
 
-    pg = solve.get("process_group")
+    pg = solve.process_group
     writer = _ranks(pg)[0] == 0  # forward errors need no other rank: rank 0 alone
     for spec, group, _, piece in jobs:
         if writer and not _loads(EquivarianceResult, out / piece["equivariance"]):
@@ -649,7 +671,16 @@ def _audit_pieces(model, loss, batch, jobs: list, mbatch, out: Path, tag: str, s
     say(f"{tag}: influence, |G| = {len(union)}, N = {batch[0].shape[0]}")
     t0 = time.perf_counter()
     metric = _shard(batch if mbatch is None else mbatch, pg) if pg is not None else mbatch
-    results = influence_sweep(model, loss, batch, list(union.values()), metric, **solve)
+    results = influence_sweep(
+        model,
+        loss,
+        batch,
+        list(union.values()),
+        metric,
+        solve.settings,
+        progress=solve.progress,
+        process_group=pg,
+    )
     seconds = time.perf_counter() - t0
     for i, (spec, _, inf_group, piece) in enumerate(jobs):
         for path, res in zip((piece["influence"], *piece["sweep"]), results, strict=True):

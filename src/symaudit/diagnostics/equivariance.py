@@ -46,6 +46,14 @@ def _stats(v: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def element_index(elements: list[str], name: str) -> int:
+    """Position of the element ``name`` in a result's ``elements`` (`KeyError` naming them)."""
+    try:
+        return elements.index(name)
+    except ValueError:
+        raise KeyError(f"no group element {name!r}; have {elements}") from None
+
+
 @dataclass
 class EquivarianceResult:
     """Per-element, per-state equivariance diagnostics.
@@ -65,10 +73,7 @@ class EquivarianceResult:
     settings: dict = field(default_factory=dict)
 
     def index(self, name: str) -> int:
-        try:
-            return self.elements.index(name)
-        except ValueError:
-            raise KeyError(f"no group element {name!r}; have {self.elements}") from None
+        return element_index(self.elements, name)
 
     @property
     def augmented_error(self) -> torch.Tensor:
@@ -227,9 +232,9 @@ def _progress(enabled: bool, total: int, what: str):
     if not enabled:
         yield lambda k: None
         return
-    from rich.progress import Progress
+    from symaudit._progress import progress_bar
 
-    with Progress(transient=True) as bar:
+    with progress_bar(True, transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda k: bar.advance(task, k)
 

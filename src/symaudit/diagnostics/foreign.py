@@ -22,16 +22,18 @@ from torch import nn
 
 from symaudit._io import atomic_write_json
 from symaudit.diagnostics.audit import (
-    AUDIT_FORMAT,
     AuditError,
-    _audit_pieces,
-    _piece,
-    _solve_clusters,
+    _audit_batches,
+    _Job,
+    _meta,
+    _settings,
+    _Solve,
     _test_errors,
     _TestSet,
-    settings_digest,
 )
+from symaudit.diagnostics.settings import AuditSettings
 from symaudit.fields import FieldLayout
+from symaudit.training.loss import SMSE
 
 __all__ = ["audit_foreign", "model_channel_rms"]
 
@@ -98,7 +100,7 @@ def audit_foreign(
     model: nn.Module,
     layout: FieldLayout,
     data: Sequence[str | os.PathLike],
-    groups: Sequence[str],
+    groups: Sequence[str] | AuditSettings,
     *,
     out: str | os.PathLike,
     name: str,
@@ -107,118 +109,76 @@ def audit_foreign(
     snapshots=None,
     resolution: int | None = None,
     orientation: str = "auto",
-    damping: float | str = "auto",
-    damping_sweep: Sequence[float | str] | None = None,
-    rtol: float = 5e-3,
-    test_batches: int = 1,
-    per_family: int = 1,
-    max_iter: int = 500,
-    rank: int | str = "auto",
-    cosine: bool = True,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    **options,
 ) -> Path:
     """Audit ``model`` (channels in ``layout``) on the test files ``data`` for every group
-    spec (module docstring). ``channel_rms``: the SMSE scales `(C,)`; default the model's own
-    ``channel_rms``, else the RMS of the loaded test trajectories (vectors sharing one scale).
-    ``name`` and ``weights`` identify the model in audit.json. Returns the audit directory."""
-    from symaudit.data.stats import channel_rms as data_rms
+    spec (module docstring). ``groups``: an `AuditSettings`, or group specs with the other
+    settings as ``options`` (fields of `AuditSettings`; rtol defaults to 5e-3, the metric
+    batch is the test batch). ``channel_rms``: the SMSE scales `(C,)`; default the model's
+    own ``channel_rms``, else the RMS of the loaded test trajectories (vectors sharing one
+    scale). ``name`` and ``weights`` identify the model in audit.json. Returns the audit
+    directory."""
     from symaudit.diagnostics._params import model_checksum
     from symaudit.groups import from_spec
-    from symaudit.training import SMSE
 
+    settings = _settings(groups, options).with_rtol("foreign")
+    if settings.metric_batch != "test":
+        raise AuditError("a model trained elsewhere is audited with the test batch as metric")
     say = log or (lambda _m: None)
     out = Path(out)
-    if not groups:
-        raise AuditError("no groups to audit: pass e.g. --group d4")
     if not data:
         raise AuditError("no test data: pass --test-data FILE")
-    if test_batches < 1 or per_family < 1:
-        raise AuditError("test_batches and per_family must be positive")
     model = model.to(device).eval()
-    test, periodic = _load_test_set(
-        data, layout, test_batches * per_family, snapshots, resolution, orientation
-    )
-    rms_source = "model"
-    if channel_rms is None:
-        channel_rms = model_channel_rms(model)
-    if channel_rms is None:
-        channel_rms = data_rms(torch.cat(list(test.families.values()), 1), layout)
-        rms_source = "test data"
+    count = settings.test_batches * settings.per_family
+    test, periodic = _load_test_set(data, layout, count, snapshots, resolution, orientation)
+    channel_rms, rms_source = _channel_rms(model, channel_rms, test, layout)
     res = tuple(next(iter(test.families.values())).shape[-2:])
     dt = float(test.times[1] - test.times[0])
-    built = {spec: from_spec(spec, layout, resolution=res, dt=dt) for spec in groups}
-    for spec, group in built.items():
+    jobs = {}
+    for spec in settings.groups:
+        group = from_spec(spec, layout, resolution=res, dt=dt)
         _check_boundaries(spec, group, periodic)
-
+        step = test.times.numel() - 2 if _moves(group) else 0
+        jobs[spec] = _Job(spec, group, group, step)
     checksum = model_checksum(model)
-    settings = {
-        "groups": list(groups),
-        "damping": damping,
-        "damping_sweep": list(damping_sweep or []),
-        "rtol": rtol,
-        "test_batches": test_batches,
-        "per_family": per_family,
-        "test_data": test.sources,
-        "metric_batch": "test",
-        "max_iter": max_iter,
-        "rank": rank,
-        "cosine": cosine,
+    record = {
+        **settings.record(test.sources),
         "layout": layout.to_dict(),
         "channel_rms": [float(v) for v in channel_rms],
         "channel_rms_source": rms_source,
     }
-    meta = {
-        "format": AUDIT_FORMAT,
-        "run": {"dir": None, "weights": weights, "seed": 0, "model_checksum": checksum},
-        "model": {
-            "preset": name,
-            "architecture": "foreign",
-            "num_parameters": sum(p.numel() for p in model.parameters()),
-        },
-        "settings": settings,
-        "settings_digest": settings_digest([settings, checksum]),
-        "device": str(device),
-        "times": test.times.tolist(),
-        "families": list(test.families),
-        "complete": False,
-    }
+    run = {"dir": None, "weights": weights, "seed": 0, "model_checksum": checksum}
+    num = sum(p.numel() for p in model.parameters())
+    described = {"preset": name, "architecture": "foreign", "num_parameters": num}
+    meta = _meta(run, described, record, checksum, device, test)
     _start(out, meta, overwrite)
     loss = SMSE(torch.as_tensor(channel_rms, dtype=torch.float64)).to(device)
     if not (out / "test_errors.json").exists():
         say("test errors vs persistence")
-        atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test, device))
-    n_times = test.times.numel()
-    pieces: dict[str, list[dict]] = {spec: [] for spec in groups}
-    solve = dict(
-        dampings=[damping, *settings["damping_sweep"]],
-        rtol=rtol,
-        max_iter=max_iter,
-        rank=rank,
-        cosine=cosine,
-        progress=progress,
-    )
-    # the per-mini-batch work is run_audit's own (`_audit_pieces`): one family per batch,
-    # translation groups sharing one influence computation
-    for fam in test.families:
-        for k in range(test_batches):
-            for cluster in _solve_clusters(list(groups)):
-                step = n_times - 2 if _moves(built[cluster[0]]) else 0
-                jobs = []
-                for spec in cluster:
-                    sweeps = len(damping_sweep or [])
-                    piece = _piece(spec, fam, k, sweeps, built[spec], step, test.times)
-                    pieces[spec].append(piece)
-                    jobs.append((spec, built[spec], built[spec], piece))
-                batch = test.batch(fam, k, per_family, step)
-                tag = f"{'+'.join(cluster)} {fam} batch {k + 1} (t = {float(test.times[step]):.3g})"
-                _audit_pieces(model, loss, batch, jobs, None, out, tag, say, solve)
-    meta["pieces"] = pieces
+        atomic_write_json(out / "test_errors.json", _test_errors(model, loss, test))
+    # the per-mini-batch work is run_audit's own: one family per batch, translation groups
+    # sharing one influence computation
+    solve = _Solve(settings.influence(), progress=progress)
+    meta["pieces"] = _audit_batches(model, loss, test, jobs, settings, None, out, say, solve)
     meta["complete"] = True
     atomic_write_json(out / "audit.json", meta)
     return out
+
+
+def _channel_rms(model, given, test: _TestSet, layout: FieldLayout) -> tuple[torch.Tensor, str]:
+    """The SMSE scales and where they come from: given, the model's own, or the test data's."""
+    from symaudit.data.stats import channel_rms as data_rms
+
+    if given is not None:
+        return given, "model"
+    own = model_channel_rms(model)
+    if own is not None:
+        return own, "model"
+    return data_rms(torch.cat(list(test.families.values()), 1), layout), "test data"
 
 
 def _moves(group) -> bool:

@@ -17,21 +17,23 @@ CG from zero under-estimates each quadratic form q = b^T chi^{-1} b by r^T chi^{
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from symaudit._io import atomic_torch_save, load_result_payload
+from symaudit._io import atomic_torch_save, load_result_payload, tensor_digest
+from symaudit._progress import progress_bar
 from symaudit.diagnostics._gradients import per_sample_gradients
-from symaudit.diagnostics._params import ColumnMap, _tensor_bytes
+from symaudit.diagnostics._operator import Damped, hutchinson_trace, top_eigenvalue
+from symaudit.diagnostics._params import ColumnMap
+from symaudit.diagnostics.equivariance import element_index
 from symaudit.diagnostics.krylov import NystromPreconditioner, SolveReport, block_cg, cg
 from symaudit.diagnostics.metric import (
     MetricOperator,
@@ -40,19 +42,18 @@ from symaudit.diagnostics.metric import (
     check_transitions,
     model_checksum,
 )
+from symaudit.diagnostics.settings import DEFAULT_RELATIVE_DAMPING, Damping, InfluenceSettings
 from symaudit.training.loss import SMSE
 
 __all__ = [
     "DEFAULT_RELATIVE_DAMPING",
     "InfluenceFileError",
     "InfluenceResult",
+    "InfluenceSettings",
     "influence",
     "influence_sweep",
 ]
 
-#: "auto" damping: lambda = DEFAULT_RELATIVE_DAMPING * (top eigenvalue of eta), which bounds the
-#: condition number of chi by 1 + 1/DEFAULT_RELATIVE_DAMPING (see docs/influence.md).
-DEFAULT_RELATIVE_DAMPING = 1e-3
 _FORMAT = "symaudit-influence-v1"
 
 
@@ -109,10 +110,7 @@ class InfluenceResult:
         return getattr(self, kind).diagonal(dim1=1, dim2=2)
 
     def index(self, name: str) -> int:
-        try:
-            return self.elements.index(name)
-        except ValueError:
-            raise KeyError(f"no group element {name!r}; have {self.elements}") from None
+        return element_index(self.elements, name)
 
     @property
     def all_converged(self) -> bool:
@@ -168,13 +166,6 @@ class InfluenceResult:
         return res
 
 
-def _tensor_digest(*ts: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in ts:
-        h.update(_tensor_bytes(t))
-    return h.hexdigest()[:16]
-
-
 def _elements(group: Iterable) -> list:
     elems = list(group)
     if not elems:
@@ -202,39 +193,24 @@ def _transform(g, batch: Transitions) -> Transitions:
     return x, y
 
 
-class _Progress:
-    """Optional rich progress display of solver iterations and residuals."""
+def _solve_progress(enabled: bool):
+    """The progress bar of the solves: iterations and the largest active relative residual."""
+    return progress_bar(enabled, "max rel. residual {task.fields[res]}", eta=False)
 
-    def __init__(self, enabled: bool) -> None:
-        self._p = None
-        if enabled:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._p = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("it {task.completed:.0f}  max rel. residual {task.fields[res]}"),
-                TimeElapsedColumn(),
-            )
+def _solve_callback(bar, what: str, max_iter: int):
+    if bar.disable:
+        return None
+    task = bar.add_task(what, total=max_iter, res="-")
 
-    def __enter__(self) -> _Progress:
-        if self._p is not None:
-            self._p.__enter__()
-        return self
+    def cb(it: int, rel: torch.Tensor) -> None:
+        bar.update(task, completed=it, res=f"{float(rel.max()):.2e} ({len(rel)} active)")
 
-    def __exit__(self, *exc) -> None:
-        if self._p is not None:
-            self._p.__exit__(*exc)
+    return cb
 
-    def solve_callback(self, what: str, max_iter: int):
-        if self._p is None:
-            return None
-        task = self._p.add_task(what, total=max_iter, res="-")
 
-        def cb(it: int, rel: torch.Tensor) -> None:
-            self._p.update(task, completed=it, res=f"{float(rel.max()):.2e} ({len(rel)} active)")
-
-        return cb
+#: the defaults of `influence`'s keywords: those of `InfluenceSettings`, stated there once
+_DEFAULTS = InfluenceSettings()
 
 
 def influence(
@@ -245,8 +221,19 @@ def influence(
     metric_batch: Transitions | None = None,
     *,
     damping: float | str = "auto",
-    rtol: float = 5e-3,
-    **kwargs,
+    rtol: float = _DEFAULTS.rtol,
+    max_iter: int = _DEFAULTS.max_iter,
+    preconditioner: str | None = _DEFAULTS.preconditioner,
+    rank: int | str = _DEFAULTS.rank,
+    solver: str = _DEFAULTS.solver,
+    cosine: bool = _DEFAULTS.cosine,
+    params: Sequence[str] | None = _DEFAULTS.params,
+    chunk_size: int | None = _DEFAULTS.chunk_size,
+    grad_chunk_size: int | None = _DEFAULTS.grad_chunk_size,
+    block_columns: int = _DEFAULTS.block_columns,
+    seed: int = _DEFAULTS.seed,
+    progress: bool = False,
+    process_group: object | None = None,
 ) -> InfluenceResult:
     """Influence matrices M^g for every g in ``group`` (see the module docstring).
 
@@ -257,20 +244,18 @@ def influence(
             are fine).
         loss: `symaudit.SMSE`.
         test_batch: `(x_t, x_t1)`, each `(N, C, H, W)`.
-        group: iterable of elements with ``.name``, callable on `(..., C, H, W)`.
+        group: a `symaudit.groups.Group`, or any iterable of elements with ``.name``,
+            callable on `(..., C, H, W)`.
         metric_batch: transitions defining eta (default: the test batch).
         damping: absolute lambda, or "auto" = DEFAULT_RELATIVE_DAMPING * top eigenvalue of
             eta, or "auto:<fraction>" for another fraction of the top eigenvalue.
-        rtol: relative residual of every solve, ||chi u - b|| <= rtol ||b||.
-        max_iter (500), preconditioner ("nystrom" or None), rank (Nyström rank, or "auto":
-        grown adaptively, see `_grow_sketch`), solver ("block": block CG, all right-hand
-        sides of a block share one Krylov space; "cg": independent columns),
-        cosine (True), params (module-name prefixes; default all), chunk_size (columns per
-        vmap chunk of chi products, 4: measured fastest per column on CPU), grad_chunk_size
-        (samples per vmap chunk of per-sample gradients, 8), block_columns (right-hand sides
-        solved together, 128: test and transformed states share CG calls), seed (0),
-        progress (False), process_group (torch.distributed group over which ``metric_batch``
-        is sharded: every rank passes the same test batch and its own metric shard).
+        rtol, max_iter, preconditioner, rank, solver, cosine, params, chunk_size,
+            grad_chunk_size, block_columns, seed: the fields of `InfluenceSettings` (all
+            validated before anything is computed); ``rank="auto"`` grows the Nyström sketch
+            while it pays (`_grow_sketch`).
+        progress: show the solver iterations and residuals.
+        process_group: torch.distributed group over which ``metric_batch`` is sharded: every
+            rank passes the same test batch and its own metric shard.
 
     Returns: `InfluenceResult`. Non-converged solves raise `ConvergenceWarning` and are marked
     in ``result.reports``. Complex parameters count as real/imaginary pairs (P real
@@ -278,9 +263,49 @@ def influence(
     is run column by column after one `VmapFallbackWarning`; ``settings["batching"]`` says
     which path ran.
     """
+    settings = InfluenceSettings(
+        dampings=(damping,),
+        rtol=rtol,
+        max_iter=max_iter,
+        preconditioner=preconditioner,
+        rank=rank,
+        solver=solver,
+        cosine=cosine,
+        params=params,
+        chunk_size=chunk_size,
+        grad_chunk_size=grad_chunk_size,
+        block_columns=block_columns,
+        seed=seed,
+    )
     return influence_sweep(
-        model, loss, test_batch, group, metric_batch, dampings=[damping], rtol=rtol, **kwargs
+        model,
+        loss,
+        test_batch,
+        group,
+        metric_batch,
+        settings,
+        progress=progress,
+        process_group=process_group,
     )[0]
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """What every damping of a sweep shares, built once and only read afterwards: the metric
+    eta as an operator, the test and transformed states, the test gradients B0 `(P, N)`, the
+    Nyström sketch of eta and its spectrum estimates."""
+
+    op: MetricOperator
+    elements: list
+    transformed: list[Transitions]
+    same: list[bool]  # element k leaves the test states unchanged (the identity)
+    gradients: Callable[[Transitions], torch.Tensor]  # per-sample gradients, `(P, N)`
+    B0: torch.Tensor
+    sketch: NystromPreconditioner | None
+    spectrum: dict
+    settings: InfluenceSettings
+    metric: dict  # description of the metric batch (size, shape, digest)
+    batcher: ColumnMap  # the vmap-or-loop decision shared by all column products
 
 
 def influence_sweep(
@@ -289,36 +314,54 @@ def influence_sweep(
     test_batch: Transitions,
     group: Iterable,
     metric_batch: Transitions | None = None,
+    settings: InfluenceSettings | None = None,
     *,
-    dampings: Sequence[float | str] = ("auto",),
-    rtol: float = 5e-3,
-    max_iter: int = 500,
-    preconditioner: str | None = "nystrom",
-    rank: int | str = "auto",
-    solver: str = "block",
-    cosine: bool = True,
-    params: Sequence[str] | None = None,
-    chunk_size: int | None = 4,
-    grad_chunk_size: int | None = 8,
-    block_columns: int = 128,
-    seed: int = 0,
     progress: bool = False,
     process_group: object | None = None,
+    **options,
 ) -> list[InfluenceResult]:
-    """`influence` for several dampings, sharing the per-sample gradients of the test states,
-    the metric operator and the Nyström sketch of eta (which does not depend on lambda)."""
+    """`influence` for several dampings (``settings.dampings``, or ``dampings=[...]`` among
+    ``options``, the fields of `InfluenceSettings`): build the operator eta, sketch it, then
+    for each damping solve with ``Damped(eta, lambda)`` and assemble. The per-sample gradients
+    of the test states, the operator and the Nyström sketch (which does not depend on lambda)
+    are shared; nothing is mutated from one damping to the next."""
+    if settings is None:
+        settings = InfluenceSettings(**options)
+    elif options:
+        raise TypeError(f"pass either settings or options, not both: got {sorted(options)}")
     if not isinstance(loss, SMSE):
         raise TypeError(f"loss must be symaudit.SMSE, got {type(loss).__name__}")
-    if preconditioner not in (None, "nystrom", "none"):
-        raise ValueError(f"preconditioner must be 'nystrom' or None, got {preconditioner!r}")
-    preconditioner = None if preconditioner == "none" else preconditioner
-    if solver not in ("block", "cg"):
-        raise ValueError(f"solver must be 'block' or 'cg', got {solver!r}")
     check_transitions(test_batch, loss.num_channels, what="test batch")
     elems = _elements(group)
-    names = [g.name for g in elems]
     times: dict[str, float] = {}
+    problem = _build_problem(
+        model, loss, test_batch, elems, metric_batch, settings, process_group, times
+    )
+    with _solve_progress(progress) as bar:
+        results = [_solve_at(problem, d, bar, dict(times)) for d in settings.dampings]
+    _record_settings(results, problem, model, test_batch)
+    return results
 
+
+def _timed(times: dict[str, float], key: str, fn: Callable, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    times[key] = times.get(key, 0.0) + time.perf_counter() - t0
+    return out
+
+
+def _build_problem(
+    model: nn.Module,
+    loss: SMSE,
+    test_batch: Transitions,
+    elems: list,
+    metric_batch: Transitions | None,
+    s: InfluenceSettings,
+    process_group: object | None,
+    times: dict[str, float],
+) -> _Problem:
+    """The operator, the transformed states, the test gradients, the sketch and the spectrum
+    (each step timed into ``times``)."""
     t0 = time.perf_counter()
     metric_desc: dict = {"source": "test batch" if metric_batch is None else "given"}
     metric_batch = test_batch if metric_batch is None else metric_batch
@@ -327,28 +370,27 @@ def influence_sweep(
         model,
         loss,
         metric_batch,
-        params=params,
-        chunk_size=chunk_size,
+        params=s.params,
+        chunk_size=s.chunk_size,
         process_group=process_group,
         columns=batcher,
     )
-    dev, dt = op.device, op.dtype
-    xt, xt1 = (t.to(device=dev, dtype=dt) for t in test_batch)
-    transformed = [_transform(g, (xt, xt1)) for g in elems]
+    test = tuple(t.to(device=op.device, dtype=op.dtype) for t in test_batch)
+    transformed = [_transform(g, test) for g in elems]
     for g, (a, b) in zip(elems, transformed, strict=True):
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise ValueError(f"group element {g.name!r} produced NaN/inf")
     # elements that leave the test states unchanged (the identity) reuse the test gradients
-    same = [torch.equal(a, xt) and torch.equal(b, xt1) for a, b in transformed]
+    same = [torch.equal(a, test[0]) and torch.equal(b, test[1]) for a, b in transformed]
     metric_desc.update(
         size=op.global_count,
         local_size=int(metric_batch[0].shape[0]),
         shape=list(metric_batch[0].shape),
-        digest=_tensor_digest(*metric_batch),
+        digest=tensor_digest(*metric_batch),
     )
     times["setup"] = time.perf_counter() - t0
 
-    def grads(batch: Transitions) -> torch.Tensor:
+    def gradients(batch: Transitions) -> torch.Tensor:
         with _eval_math_attention(model):
             return per_sample_gradients(
                 op.forward,
@@ -356,27 +398,35 @@ def influence_sweep(
                 loss,
                 batch[0],
                 batch[1],
-                chunk_size=grad_chunk_size,
+                chunk_size=s.grad_chunk_size,
                 columns=batcher,
             ).T  # (P, N)
 
-    t0 = time.perf_counter()
-    B0 = grads((xt, xt1))
-    times["gradients_test"] = time.perf_counter() - t0
-
-    # spectrum: top eigenvalue (for "auto" damping) and Hutchinson mean eigenvalue
-    t0 = time.perf_counter()
+    B0 = _timed(times, "gradients_test", gradients, test)
     sketch = None
-    if preconditioner == "nystrom":
-        columns = xt.shape[0] * (1 + len(elems) - sum(same) if cosine else 1)
-        sketch = _grow_sketch(op, rank, columns, dampings, seed)
-    times["preconditioner"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    need_top = any(isinstance(d, str) for d in dampings)
+    if s.preconditioner == "nystrom":
+        columns = test[0].shape[0] * (1 + len(elems) - sum(same) if s.cosine else 1)
+        sketch = _timed(
+            times, "preconditioner", _grow_sketch, op, s.rank, columns, s.dampings, s.seed
+        )
+    else:
+        times["preconditioner"] = 0.0
+    spectrum = _timed(times, "spectrum", _spectrum, op, sketch, s)
+    return _Problem(
+        op, elems, transformed, same, gradients, B0, sketch, spectrum, s, metric_desc, batcher
+    )
+
+
+def _spectrum(
+    op: MetricOperator, sketch: NystromPreconditioner | None, s: InfluenceSettings
+) -> dict:
+    """Top eigenvalue of eta (power iteration, warm-started from the Nyström top vector; only
+    when a damping is relative) and its mean eigenvalue (Hutchinson, 8 probes)."""
     spectrum: dict = {}
-    if need_top:
-        spectrum["top_eigenvalue"] = _top_eigenvalue(op, sketch, seed)
-    trace, trace_err = op.trace_estimate(8, seed=seed)
+    if any(d.relative for d in s.dampings):
+        start = None if sketch is None else sketch.U[:, 0]
+        spectrum["top_eigenvalue"] = top_eigenvalue(op, iters=50, seed=s.seed, start=start)
+    trace, trace_err = hutchinson_trace(op, 8, seed=s.seed)
     spectrum.update(
         mean_eigenvalue=trace / op.num_params,
         mean_eigenvalue_stderr=trace_err / op.num_params,
@@ -386,59 +436,43 @@ def influence_sweep(
         spectrum["nystrom_top_eigenvalue"] = sketch.top_eigenvalue
         spectrum["nystrom_smallest_kept_eigenvalue"] = sketch.smallest_eigenvalue
         spectrum["nystrom_products"] = sketch.products
-    times["spectrum"] = time.perf_counter() - t0
+    return spectrum
 
-    results = []
-    with _Progress(progress) as prog:
-        for d in dampings:
-            lam, rule = _resolve_damping(d, spectrum)
-            results.append(
-                _one_damping(
-                    op,
-                    sketch,
-                    elems,
-                    same,
-                    transformed,
-                    B0,
-                    grads,
-                    lam,
-                    rule,
-                    rtol,
-                    max_iter,
-                    block_cg if solver == "block" else cg,
-                    cosine,
-                    block_columns,
-                    prog,
-                    dict(times),
-                    spectrum,
-                )
-            )
+
+def _record_settings(
+    results: list[InfluenceResult],
+    problem: _Problem,
+    model: nn.Module,
+    test_batch: Transitions,
+) -> None:
+    """Write what was computed, and how, into every result's ``settings``."""
+    op, s, sketch = problem.op, problem.settings, problem.sketch
     model_hash = model_checksum(model)
+    x = test_batch[0]
     for r in results:
         r.settings.update(
             model_checksum=model_hash,
             num_params=op.num_params,
             complex_coordinates=op.space.complex_coordinates,
-            batching=batcher.describe(),
-            params=list(params) if params is not None else None,
-            rtol=rtol,
-            max_iter=max_iter,
-            preconditioner=preconditioner,
+            batching=problem.batcher.describe(),
+            params=list(s.params) if s.params is not None else None,
+            rtol=s.rtol,
+            max_iter=s.max_iter,
+            preconditioner=s.preconditioner,
             rank=sketch.rank if sketch is not None else None,
-            rank_rule=rank if isinstance(rank, str) else "fixed",
-            solver=solver,
-            metric_batch=metric_desc,
+            rank_rule=s.rank if isinstance(s.rank, str) else "fixed",
+            solver=s.solver,
+            metric_batch=problem.metric,
             test_batch={
-                "size": int(xt.shape[0]),
-                "shape": list(xt.shape),
-                "digest": _tensor_digest(*test_batch),
+                "size": int(x.shape[0]),
+                "shape": list(x.shape),
+                "digest": tensor_digest(*test_batch),
             },
-            group_elements=names,
-            dtype=str(dt),
-            device=str(dev),
-            seed=seed,
+            group_elements=[g.name for g in problem.elements],
+            dtype=str(op.dtype),
+            device=str(op.device),
+            seed=s.seed,
         )
-    return results
 
 
 #: "auto" rank: start here, then double while worthwhile (`_grow_sketch`).
@@ -450,29 +484,27 @@ _ITERATIONS_SAVED_PER_SQRT_RHO = 1.4
 
 
 def _grow_sketch(
-    op: MetricOperator, rank: int | str, columns: int, dampings: Sequence, seed: int
+    op, rank: int | str, columns: int, dampings: Sequence[Damping | float | str], seed: int
 ) -> NystromPreconditioner:
-    """The Nyström sketch of eta. A fixed ``rank``, or "auto": start at 32 test vectors and
-    double while the extra products pay for themselves, i.e. while
+    """The Nyström sketch of the operator ``op`` (eta). A fixed ``rank``, or "auto": start at
+    32 test vectors and double while the extra products pay for themselves, i.e. while
 
         rank < columns * 1.4 * sqrt(lambda_l / lambda)
 
     (lambda_l: smallest kept Nyström eigenvalue; lambda: the smallest damping asked, "auto"
     ones taken relative to the sketch's top eigenvalue), capped at 1024, at P, and so that the
     P x rank sketch matrices stay under 2 GiB each."""
+    num_params = op.shape[0]
+    dampings = [Damping.parse(d) for d in dampings]
     itemsize = torch.finfo(op.dtype).bits // 8
-    cap = max(1, min(1024, op.num_params, 2**31 // (op.num_params * itemsize)))
+    cap = max(1, min(1024, num_params, 2**31 // (num_params * itemsize)))
     auto = rank == "auto"
     if not auto and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
         raise ValueError(f"rank must be a positive integer or 'auto', got {rank!r}")
-    first = min(_START_RANK, cap) if auto else min(rank, op.num_params)
-    sketch = NystromPreconditioner(
-        op.eta, op.num_params, first, 0.0, dtype=op.dtype, device=op.device, seed=seed
-    )
+    first = min(_START_RANK, cap) if auto else min(rank, num_params)
+    sketch = NystromPreconditioner.from_operator(op, first, seed=seed)
     while auto and 2 * sketch.sketch_size <= cap:
-        lam = min(
-            _resolve_damping(d, {"top_eigenvalue": sketch.top_eigenvalue})[0] for d in dampings
-        )
+        lam = min(d.resolve(sketch.top_eigenvalue)[0] for d in dampings)
         rho = sketch.smallest_eigenvalue / lam
         if sketch.sketch_size >= columns * _ITERATIONS_SAVED_PER_SQRT_RHO * math.sqrt(rho):
             break
@@ -481,152 +513,146 @@ def _grow_sketch(
     return sketch
 
 
-def _top_eigenvalue(op: MetricOperator, sketch: NystromPreconditioner | None, seed: int) -> float:
-    """Power iteration to relative change 1e-3, warm-started from the Nyström top vector."""
-    if sketch is None:
-        return op.top_eigenvalue(50, seed=seed)
-    v = sketch.U[:, 0].clone()
-    lam = 0.0
-    for _ in range(50):
-        w = op.eta(v)
-        new = float(v @ w)
-        v = w / w.norm()
-        if abs(new - lam) <= 1e-3 * abs(new):
-            return new
-        lam = new
-    return lam
+@dataclass
+class _Columns:
+    """The outputs of one damping, filled block by block (local to `_solve_at`)."""
+
+    raw: torch.Tensor  # (|G|, N, N)
+    tnorms: torch.Tensor | None  # (|G|, N), with cosine
+    qerr_t: torch.Tensor  # (|G|, N)
+    test_reports: list[SolveReport] = field(default_factory=list)
+    cos_reports: list[SolveReport] = field(default_factory=list)
+    U: torch.Tensor | None = None  # chi^{-1} B0, `(P, N)`
+    q0: torch.Tensor | None = None  # quadratic forms of the test states, `(N,)`
+    qe0: torch.Tensor | None = None  # their relative error bounds
 
 
-def _resolve_damping(d: float | str, spectrum: dict) -> tuple[float, str]:
-    if isinstance(d, str):
-        if d == "auto":
-            frac = DEFAULT_RELATIVE_DAMPING
-        elif d.startswith("auto:"):
-            try:
-                frac = float(d[5:])
-            except ValueError:
-                raise ValueError(f"bad damping {d!r}; use 'auto:<fraction>'") from None
-        else:
-            raise ValueError(f"damping must be a number, 'auto' or 'auto:<fraction>', got {d!r}")
-        if not frac > 0:
-            raise ValueError(f"relative damping must be > 0, got {frac}")
-        lam = frac * spectrum["top_eigenvalue"]
-        if not lam > 0:
-            raise ValueError("eta has no positive eigenvalue: give an absolute damping > 0")
-        return lam, f"{frac:g} * top eigenvalue of eta"
-    lam = float(d)
-    if not lam > 0 or lam == float("inf"):
-        raise ValueError(f"damping must be a finite number > 0, got {d!r}")
-    return lam, "absolute"
+def _column_blocks(problem: _Problem) -> list[list[int]]:
+    """Elements whose transformed states are solved together with the test states (first
+    block) or each other: at most ``block_columns`` right-hand sides per solve. Without the
+    cosine normalisation, one block holding the test states alone."""
+    s, n = problem.settings, problem.B0.shape[1]
+    todo = [k for k, same in enumerate(problem.same) if not same]
+    per_block = max(1, s.block_columns // n - 1)
+    blocks = [todo[i : i + per_block] for i in range(0, len(todo), per_block)] if s.cosine else []
+    return blocks or [[]]
 
 
-def _one_damping(
-    op: MetricOperator,
-    sketch: NystromPreconditioner | None,
-    elems: list,
-    same: list[bool],
-    transformed: list[Transitions],
-    B0: torch.Tensor,
-    grads,
-    lam: float,
-    rule: str,
-    rtol: float,
-    max_iter: int,
-    solve,
-    cosine: bool,
-    block_columns: int,
-    prog: _Progress,
-    times: dict[str, float],
-    spectrum: dict,
-) -> InfluenceResult:
-    """One damping: solve chi X = [grad C_{x_i} | grad C_{g x_j} ...] in column blocks of at
-    most ``block_columns`` (the test columns first: their solutions u_i are needed by every
-    element), then M^g = U^T grad C_{g x} and the quadratic forms."""
-    op.damping = lam
-    if sketch is not None:
-        sketch.mu = lam
-    n = B0.shape[1]
-    G = len(elems)
-    todo = [k for k in range(G) if not same[k]]
-    per_block = max(1, block_columns // n - 1)
-    blocks = [todo[i : i + per_block] for i in range(0, len(todo), per_block)] if cosine else []
-    if not blocks:
-        blocks = [[]]
-    raw = torch.empty(G, n, n, dtype=torch.float64)
-    tnorms = torch.empty(G, n, dtype=torch.float64) if cosine else None
-    qerr_t = torch.zeros(G, n, dtype=torch.float64)
-    test_reports: list[SolveReport] = []
-    cos_reports: list[SolveReport] = []
-    times.update(gradients_transformed=0.0, solve=0.0)
-    U = q0 = qe0 = None
+def _solve_at(problem: _Problem, damping: Damping, bar, times: dict[str, float]) -> InfluenceResult:
+    """One damping: solve ``Damped(eta, lambda) X = [grad C_{x_i} | grad C_{g x_j} ...]`` in
+    column blocks (the test columns first: their solutions u_i serve every element), then
+    M^g = U^T grad C_{g x} and the quadratic forms."""
+    s, G, n = problem.settings, len(problem.elements), problem.B0.shape[1]
+    lam, rule = damping.resolve(problem.spectrum.get("top_eigenvalue"))
+    chi = Damped(problem.op, lam)
+    pre = None if problem.sketch is None else problem.sketch.damped(lam)
     # the spectrum of chi lies in [lambda, lambda_max(eta) + lambda]: the solver warns up front
     # when rtol is below what the working precision attains for it (krylov.py)
-    top = spectrum.get("top_eigenvalue", spectrum.get("nystrom_top_eigenvalue"))
+    top = problem.spectrum.get("top_eigenvalue", problem.spectrum.get("nystrom_top_eigenvalue"))
     bounds = (lam, lam + top) if top is not None else None
-
-    def quad(Bm: torch.Tensor, Xm: torch.Tensor, res: list[float]) -> tuple:
-        q = (Bm * Xm).sum(0).double()
-        # CG from zero: 0 <= b^T chi^-1 b - b^T x = r^T chi^-1 r <= ||r||^2 / lambda
-        r = torch.tensor(res, dtype=torch.float64, device=q.device) * Bm.double().norm(dim=0)
-        return q, r.square() / lam / q.clamp_min(1e-300)
-
+    solver = block_cg if s.solver == "block" else cg
+    out = _Columns(
+        raw=torch.empty(G, n, n, dtype=torch.float64),
+        tnorms=torch.empty(G, n, dtype=torch.float64) if s.cosine else None,
+        qerr_t=torch.zeros(G, n, dtype=torch.float64),
+    )
+    times.update(gradients_transformed=0.0, solve=0.0)
+    blocks = _column_blocks(problem)
     for bi, block in enumerate(blocks):
-        t0 = time.perf_counter()
-        mats = [grads(transformed[k]) for k in block]
-        times["gradients_transformed"] += time.perf_counter() - t0
-        cols = ([B0] if bi == 0 else []) + mats
-        t0 = time.perf_counter()
+        mats = [
+            _timed(times, "gradients_transformed", problem.gradients, problem.transformed[k])
+            for k in block
+        ]
         what = "test + cosine" if bi == 0 and mats else ("test" if bi == 0 else "cosine")
-        X, rep = solve(
-            op,
-            torch.cat(cols, 1),
-            rtol=rtol,
-            max_iter=max_iter,
-            preconditioner=sketch,
-            eigenvalue_bounds=bounds,
-            callback=prog.solve_callback(f"{what} {bi + 1}/{len(blocks)} (λ={lam:.3g})", max_iter),
+        label = f"{what} {bi + 1}/{len(blocks)} (λ={lam:.3g})"
+        X, rep = _timed(
+            times,
+            "solve",
+            lambda cols, label=label: solver(
+                chi,
+                torch.cat(cols, 1),
+                rtol=s.rtol,
+                max_iter=s.max_iter,
+                preconditioner=pre,
+                eigenvalue_bounds=bounds,
+                callback=_solve_callback(bar, label, s.max_iter),
+            ),
+            ([problem.B0] if bi == 0 else []) + mats,
         )
-        times["solve"] += time.perf_counter() - t0
-        off = 0
-        if bi == 0:
-            U = X[:, :n]
-            test_reports.append(rep.select(list(range(n))))
-            q0, qe0 = quad(B0, U, test_reports[-1].residuals)
-            off = n
-        for k, Bg in zip(block, mats, strict=True):
-            sel = list(range(off, off + n))
-            cos_reports.append(rep.select(sel))
-            qg, qe = quad(Bg, X[:, off : off + n], cos_reports[-1].residuals)
-            tnorms[k] = qg.clamp_min(0).sqrt().cpu()
-            qerr_t[k] = qe.cpu()
-            raw[k] = (U.T @ Bg).double().cpu()
-            off += n
-    t0 = time.perf_counter()
-    for k in range(G):
-        if same[k]:
-            raw[k] = (U.T @ B0).double().cpu()
+        _take_block(out, problem, block, mats, X, rep, lam, first=bi == 0)
+    _timed(times, "gradients_transformed", _fill_unsolved, out, problem)
+    return _assemble(out, problem, lam, rule, times)
+
+
+def _quadratic_forms(Bm: torch.Tensor, Xm: torch.Tensor, res: list[float], lam: float) -> tuple:
+    """b^T chi^{-1} b ~ b^T x per column, and the bound on its relative error."""
+    q = (Bm * Xm).sum(0).double()
+    # CG from zero: 0 <= b^T chi^-1 b - b^T x = r^T chi^-1 r <= ||r||^2 / lambda
+    r = torch.tensor(res, dtype=torch.float64, device=q.device) * Bm.double().norm(dim=0)
+    return q, r.square() / lam / q.clamp_min(1e-300)
+
+
+def _take_block(
+    out: _Columns,
+    problem: _Problem,
+    block: list[int],
+    mats: list[torch.Tensor],
+    X: torch.Tensor,
+    rep: SolveReport,
+    lam: float,
+    *,
+    first: bool,
+) -> None:
+    """Store one block's solutions: the test solutions U (first block), then per element the
+    transformed-state norms, their error bounds and M^g = U^T grad C_{g x}."""
+    n, off = problem.B0.shape[1], 0
+    if first:
+        out.U = X[:, :n]
+        out.test_reports.append(rep.select(list(range(n))))
+        out.q0, out.qe0 = _quadratic_forms(problem.B0, out.U, out.test_reports[-1].residuals, lam)
+        off = n
+    for k, Bg in zip(block, mats, strict=True):
+        out.cos_reports.append(rep.select(list(range(off, off + n))))
+        qg, qe = _quadratic_forms(Bg, X[:, off : off + n], out.cos_reports[-1].residuals, lam)
+        out.tnorms[k] = qg.clamp_min(0).sqrt().cpu()
+        out.qerr_t[k] = qe.cpu()
+        out.raw[k] = (out.U.T @ Bg).double().cpu()
+        off += n
+
+
+def _fill_unsolved(out: _Columns, problem: _Problem) -> None:
+    """Elements not solved for: the identity-like ones reuse the test columns; without the
+    cosine normalisation every other element needs its gradients only (no solve)."""
+    cosine = problem.settings.cosine
+    for k in range(len(problem.elements)):
+        if problem.same[k]:
+            out.raw[k] = (out.U.T @ problem.B0).double().cpu()
             if cosine:
-                tnorms[k] = q0.clamp_min(0).sqrt().cpu()
-                qerr_t[k] = qe0.cpu()
+                out.tnorms[k] = out.q0.clamp_min(0).sqrt().cpu()
+                out.qerr_t[k] = out.qe0.cpu()
         elif not cosine:
-            Bg = grads(transformed[k])
-            raw[k] = (U.T @ Bg).double().cpu()
-    times["gradients_transformed"] += time.perf_counter() - t0
-    reports = {"test": SolveReport.merge(test_reports).to_dict()}
+            Bg = problem.gradients(problem.transformed[k])
+            out.raw[k] = (out.U.T @ Bg).double().cpu()
+
+
+def _assemble(
+    out: _Columns, problem: _Problem, lam: float, rule: str, times: dict[str, float]
+) -> InfluenceResult:
+    cosine = problem.settings.cosine
+    reports = {"test": SolveReport.merge(out.test_reports).to_dict()}
+    qerr = {"test": out.qe0.cpu()}
     if cosine:
-        reports["cosine"] = SolveReport.merge(cos_reports).to_dict()
-    qerr = {"test": qe0.cpu()}
-    if cosine:
-        qerr["transformed"] = qerr_t
+        reports["cosine"] = SolveReport.merge(out.cos_reports).to_dict()
+        qerr["transformed"] = out.qerr_t
     return InfluenceResult(
-        elements=[g.name for g in elems],
-        raw=raw,
-        norms=q0.clamp_min(0).sqrt().cpu(),
-        transformed_norms=tnorms,
+        elements=[g.name for g in problem.elements],
+        raw=out.raw,
+        norms=out.q0.clamp_min(0).sqrt().cpu(),
+        transformed_norms=out.tnorms,
         damping=lam,
         reports=reports,
         timings=times,
-        settings={"damping_rule": rule, "block_columns": block_columns},
-        spectrum=dict(spectrum),
+        settings={"damping_rule": rule, "block_columns": problem.settings.block_columns},
+        spectrum=dict(problem.spectrum),
         quadratic_form_error=qerr,
     )

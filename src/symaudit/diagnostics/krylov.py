@@ -32,6 +32,7 @@ the worst case eps (kappa + 1).
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Callable
@@ -146,8 +147,9 @@ class NystromPreconditioner:
 
     Args:
         eta: the PSD part, applied to `(P, l)` blocks (the damping is *not* included).
-        num_params: P.  rank: initial l.  mu: the damping lambda (can be changed later; the
-        sketch of eta does not depend on it).  dtype/device: of the sketch.  seed: of Omega.
+        num_params: P.  rank: initial l.  mu: the damping lambda (`damped` gives the
+        preconditioner of another damping from the same sketch: it does not depend on mu).
+        dtype/device: of the sketch.  seed: of Omega.
     """
 
     def __init__(
@@ -174,6 +176,19 @@ class NystromPreconditioner:
         self._omega = torch.empty(num_params, 0, dtype=dtype, device=device)
         self._Y = torch.empty_like(self._omega)
         self.extend(rank)
+
+    @classmethod
+    def from_operator(cls, op, rank: int, *, seed: int = 0) -> NystromPreconditioner:
+        """The sketch of a PSD operator (`symaudit.diagnostics._operator`: shape, dtype,
+        device, matmat), for mu = 0 until `damped` gives it a damping."""
+        return cls(op.matmat, op.shape[0], rank, 0.0, dtype=op.dtype, device=op.device, seed=seed)
+
+    def damped(self, mu: float) -> NystromPreconditioner:
+        """The preconditioner of eta + mu I from the same sketch (which does not depend on
+        mu): a new object sharing U and the eigenvalues, this one unchanged."""
+        new = copy.copy(self)
+        new.mu = float(mu)
+        return new
 
     def extend(self, extra: int) -> None:
         """Add ``extra`` test vectors (``extra`` more products with eta) and refactor."""
@@ -284,7 +299,8 @@ def cg(
     """Solve A X = B column by column with batched products.
 
     Args:
-        A: symmetric positive-definite operator on `(P, m)` blocks.
+        A: symmetric positive-definite operator on `(P, m)` blocks: a callable, e.g.
+            ``Damped(op, lambda)`` (`symaudit.diagnostics._operator`).
         B: right-hand sides `(P, k)` (or `(P,)`).
         rtol: each column stops when ||A x - b|| <= rtol ||b|| (true residual).
         max_iter: CG iterations per column (residual checks not counted).

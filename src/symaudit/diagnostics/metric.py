@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
+from symaudit.diagnostics._operator import Damped, hutchinson_trace, top_eigenvalue
 from symaudit.diagnostics._params import (
     ColumnMap,
     ParameterSpace,
@@ -103,7 +104,8 @@ class MetricOperator:
         loss: the `SMSE` loss whose Gauss-Newton matrix is eta.
         metric_batch: `(x_t, x_t1)`, each `(n, C, H, W)`. Only x_t enters eta (the GN matrix
             of a squared loss does not depend on the targets); x_t1 is validated for shape.
-        damping: absolute lambda >= 0 (may be set later via ``.damping``).
+        damping: absolute lambda >= 0 of ``op(V)`` (solves at other dampings use
+            ``Damped(op, lambda)``).
         params: module-name prefixes restricting the parameters (default: all trainable).
         chunk_size: columns per vmap chunk (bounds memory: activations x chunk_size).
         columns: the `ColumnMap` batching products over columns (vmap, or a loop for models
@@ -114,7 +116,8 @@ class MetricOperator:
         process_group: a torch.distributed group (e.g. ``dist.group.WORLD``) over which the
             metric batch is sharded: each rank passes its own part, eta V is all-reduced.
 
-    ``op(V)`` applies chi to `(P,)` or `(P, k)`; ``op.eta(V)`` applies eta alone.
+    ``op(V)`` applies chi to `(P,)` or `(P, k)`; ``op.eta(V)`` = ``op.matmat(V)`` applies eta
+    alone: as an operator (`symaudit.diagnostics._operator`) this is eta, undamped.
     """
 
     def __init__(
@@ -160,7 +163,7 @@ class MetricOperator:
         count = self.global_count * x[0].numel()
         # W = grad^2_out of mean_{entries} w_c (f - y)^2 = 2 w_c / (#entries)
         self.weights = loss.channel_weights(self.dtype, self.device) * (2.0 / count)
-        self.damping = float(damping)
+        self._chi = Damped(self, damping)  # validates the damping
         self.products = 0  # number of chi/eta column products applied so far
         self._x = x
         with _eval_math_attention(model):
@@ -171,15 +174,15 @@ class MetricOperator:
         return self.space.size
 
     @property
-    def damping(self) -> float:
-        return self._damping
+    def shape(self) -> tuple[int, int]:
+        """`(P, P)`: the operator protocol of `symaudit.diagnostics._operator`."""
+        return (self.space.size, self.space.size)
 
-    @damping.setter
-    def damping(self, value: float) -> None:
-        value = float(value)
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"damping must be a finite number >= 0, got {value}")
-        self._damping = value
+    @property
+    def damping(self) -> float:
+        """The lambda of ``op(V)`` (fixed at construction: other dampings are
+        ``Damped(op, lambda)`` objects, so nothing is mutated between solves)."""
+        return self._chi.damping
 
     def forward(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """f_theta(x) with the selected parameters taken from the flat real ``theta``
@@ -219,11 +222,13 @@ class MetricOperator:
         self.products += V.shape[1]
         return out[:, 0] if vec else out
 
+    matmat = eta  # the operator protocol: this operator is eta (undamped)
+
     def __call__(self, V: torch.Tensor) -> torch.Tensor:
         """chi V = eta V + lambda V."""
-        return self.eta(V) + self.damping * V.to(device=self.device, dtype=self.dtype)
+        return self._chi.matmat(V)
 
-    def quadratic_weighted_norms(self, V: torch.Tensor) -> torch.Tensor:
+    def quadratic_form(self, V: torch.Tensor) -> torch.Tensor:
         """v^T eta v for each column, from J v alone (no vjp): `(P, k)` -> `(k,)`."""
         JV = self.jacobian_vector(V.to(device=self.device, dtype=self.dtype))
         q = (JV.square() * self.weights).flatten(1).sum(1)
@@ -233,28 +238,15 @@ class MetricOperator:
             dist.all_reduce(q, group=self.process_group)
         return q
 
+    quadratic_weighted_norms = quadratic_form  # the earlier name
+
     def trace_estimate(self, probes: int = 16, *, seed: int = 0) -> tuple[float, float]:
         """Hutchinson estimate of tr(eta) with Rademacher probes: (estimate, standard error)."""
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        Z = torch.randint(0, 2, (self.num_params, probes), generator=g).to(self.dtype) * 2 - 1
-        q = self.quadratic_weighted_norms(Z.to(self.device)).double()
-        err = float(q.std() / probes**0.5) if probes > 1 else float("nan")
-        return float(q.mean()), err
+        return hutchinson_trace(self, probes, seed=seed)
 
     def top_eigenvalue(self, iters: int = 30, *, seed: int = 0, rtol: float = 1e-3) -> float:
         """Power iteration on eta (stops when the Rayleigh quotient changes by < rtol)."""
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        v = torch.randn(self.num_params, generator=g, dtype=self.dtype).to(self.device)
-        v = v / v.norm()
-        lam = 0.0
-        for _ in range(iters):
-            w = self.eta(v)
-            new = float(v @ w)
-            v = w / w.norm()
-            if abs(new - lam) <= rtol * abs(new):
-                return new
-            lam = new
-        return lam
+        return top_eigenvalue(self, iters=iters, rtol=rtol, seed=seed)
 
 
 def dense_jacobian(op: MetricOperator, x: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:

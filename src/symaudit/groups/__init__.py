@@ -8,7 +8,14 @@ Elements: ``g.name``, ``g(x)``, ``g * h`` (apply h, then g), ``g.inverse()``.
 from symaudit.groups._base import Group, GroupElement, GroupError, UnknownElementError, product
 from symaudit.groups.dihedral import Dihedral4
 from symaudit.groups.galilean import GalileanBoost
-from symaudit.groups.spec import SPEC_HELP, from_spec, spec_kinds, translation_axes
+from symaudit.groups.spec import (
+    SPEC_HELP,
+    from_spec,
+    is_translation,
+    parse_spec,
+    spec_kinds,
+    translation_axes,
+)
 from symaudit.groups.translations import Translations
 
 __all__ = [
@@ -21,6 +28,8 @@ __all__ = [
     "Translations",
     "UnknownElementError",
     "from_spec",
+    "is_translation",
+    "parse_spec",
     "product",
     "spec_kinds",
     "translation_axes",

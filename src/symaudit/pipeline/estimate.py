@@ -328,9 +328,10 @@ def _audit_clusters(preset: StudyPreset, audited: tuple[str, ...]) -> list[tuple
 
     shifts = _influence_shifts(preset)
     out = []
-    for cluster in _solve_clusters(list(audited)):
-        groups = {spec: _group(spec, preset.resolution) for spec in cluster}
-        union = {e.name for spec, g in groups.items() for e in _influence_elements(g, spec, shifts)}
+    built = {spec: _group(spec, preset.resolution) for spec in audited}
+    for cluster in _solve_clusters(built):
+        groups = {spec: built[spec] for spec in cluster}
+        union = {e.name for g in groups.values() for e in _influence_elements(g, shifts)}
         out.append(("+".join(cluster), sum(len(g) for g in groups.values()), len(union)))
     return out
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from symaudit.diagnostics.settings import DEFAULT_MAX_ITER
+
 __all__ = ["PRESETS", "ModelPlan", "StudyPreset"]
 
 
@@ -53,7 +55,7 @@ class StudyPreset:
     # for each (docs/reproduce.md)
     dampings: tuple[str, ...] = ("auto:1e-3", "auto:1e-2")
     cosine: bool = True  # also the cosine normalisation (one more solve per element and state)
-    max_iter: int = 500
+    max_iter: int = DEFAULT_MAX_ITER
     rank: int | str = "auto"  # Nyström rank of the influence solves ("auto": grown while it pays)
     val_fraction: float = 0.1
     balance: float = 0.0

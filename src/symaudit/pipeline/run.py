@@ -14,6 +14,7 @@ the units that depend on it.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -22,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from symaudit._io import atomic_write_json, check_output_dir, tree_digests
-from symaudit.diagnostics.audit import settings_digest
-from symaudit.pipeline.presets import PRESETS, StudyPreset
+from symaudit._io import atomic_write_json, check_output_dir, json_digest, tree_digests
+from symaudit.pipeline.presets import PRESETS, ModelPlan, StudyPreset
 
 __all__ = ["ReproduceResult", "Unit", "plan", "reproduce"]
 
@@ -90,17 +90,29 @@ def generate_shard(
 
 
 def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
-    """The study's units in execution order (every unit after the units it reads)."""
-    import torch
+    """The study's units in execution order (every unit after the units it reads): the
+    datasets (`_generate_units`), per model and seed a training run and its audit
+    (`_train_unit`, `_audit_unit`), then the report (`_report_unit`)."""
+    units = _generate_units(preset, out, device)
+    train_inputs = [u.name for u in units if u.name.startswith("generate/train/")]
+    test_inputs = [u.name for u in units if u.name.startswith("generate/test/")]
+    shifts = _influence_shifts(preset)
+    audits = []
+    for mp in preset.models:
+        for seed in preset.seeds:
+            run_dir = out / "runs" / _model_name(mp.preset, seed)
+            units.append(_train_unit(preset, mp, seed, out, run_dir, train_inputs, device))
+            units.append(_audit_unit(preset, mp, seed, out, run_dir, test_inputs, shifts, device))
+            audits.append(units[-1].output)
+    units.append(_report_unit(audits, out))
+    return units
 
-    from symaudit.data import open_dataset
-    from symaudit.data.generate import GenerationSettings, generate, merge_shards, partial_path
-    from symaudit.diagnostics.audit import run_audit
-    from symaudit.training import TrainConfig, train
 
-    units: list[Unit] = []
-    res2 = preset.resolution**2
+def _generate_units(preset: StudyPreset, out: Path, device: str) -> list[Unit]:
+    """One unit per dataset file: training and test trajectories of every family."""
+    from symaudit.data.generate import GenerationSettings, partial_path
 
+    units = []
     for split, n, seed in (
         ("train", preset.train_trajectories, preset.data_seed),
         ("test", preset.test_trajectories, preset.data_seed + preset.test_seed_offset),
@@ -116,120 +128,135 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                 device=device,
             )
             path = out / "data" / split / f"{fam}.h5"
-
-            def gen(gs=gs, path=path) -> None:
-                torch.set_flush_denormal(True)  # NOTES.md: denormals slow the solver >10x
-                if path.exists():
-                    with open_dataset(path) as ds:
-                        same = ds.metadata.get("generation") == json.loads(
-                            json.dumps(gs.fingerprint())
-                        )
-                    if same:
-                        return  # finished before its manifest was written
-                count = complete_shards(path)
-                if count is not None:  # written by `reproduce --shard I/N` tasks
-                    merge_shards(gs, path, count, overwrite=path.exists())
-                    return
-                # resumes OUT.partial if a killed run left one with these settings
-                generate(gs, path, overwrite=path.exists())
-
             units.append(
                 Unit(
-                    "generate",
-                    f"generate/{split}/{fam}",
-                    gs.fingerprint(),
-                    [],
-                    path,
-                    n * res2 * preset.snapshots / 2e6,
-                    gen,
-                    f"{split} {fam}",
-                    [partial_path(path)],
+                    stage="generate",
+                    name=f"generate/{split}/{fam}",
+                    settings=gs.fingerprint(),
+                    inputs=[],
+                    output=path,
+                    cost=n * preset.resolution**2 * preset.snapshots / 2e6,
+                    work=functools.partial(_generate, gs, path),
+                    label=f"{split} {fam}",
+                    clean=[partial_path(path)],
                 )
             )
-    train_inputs = [u.name for u in units if u.name.startswith("generate/train/")]
-    test_inputs = [u.name for u in units if u.name.startswith("generate/test/")]
-
-    shifts = _influence_shifts(preset)
-    audits = []
-    for mp in preset.models:
-        for seed in preset.seeds:
-            name = _model_name(mp.preset, seed)
-            cfg = TrainConfig(
-                model=mp.preset,
-                data=[str(out / "data" / "train")],
-                epochs=mp.epochs,
-                seed=seed,
-                batch_size=mp.batch_size,
-                lr=mp.lr,
-                val_fraction=preset.val_fraction,
-                balance=preset.balance,
-                device=device,
-                model_overrides=dict(mp.overrides),
-            )
-            run_dir = out / "runs" / name
-            transitions = preset.train_trajectories * len(preset.families) * preset.snapshots
-            units.append(
-                Unit(
-                    "train",
-                    f"train/{name}",
-                    {**cfg.to_dict(), "data": ["data/train"]},
-                    train_inputs,
-                    run_dir,
-                    mp.epochs * transitions * res2 / 4e6,
-                    lambda cfg=cfg, run_dir=run_dir: train(cfg, run_dir, progress=False),
-                    f"{mp.preset} seed {seed}",
-                )
-            )
-            audit_dir = out / "audits" / name
-            audit_settings = dict(
-                groups=list(mp.audit_groups(preset)),
-                damping=preset.dampings[0],
-                damping_sweep=list(preset.dampings[1:]),
-                rtol=mp.rtol,
-                test_batches=preset.test_batches,
-                per_family=preset.per_family,
-                influence_shifts=shifts,
-                cosine=preset.cosine,
-                max_iter=preset.max_iter,
-                rank=preset.rank,
-            )
-
-            def aud(run_dir=run_dir, audit_dir=audit_dir, s=audit_settings) -> None:
-                run_audit(
-                    run_dir,
-                    **s,
-                    out=audit_dir,
-                    test_data=[str(out / "data" / "test")],
-                    device=device,
-                    overwrite=True,
-                )
-
-            units.append(
-                Unit(
-                    "audit",
-                    f"audit/{name}",
-                    audit_settings,
-                    [f"train/{name}", *test_inputs],
-                    audit_dir,
-                    preset.test_batches * preset.per_family * len(audit_settings["groups"]) * res2 / 5e3,
-                    aud,
-                    f"{mp.preset} seed {seed}",
-                )
-            )
-            audits.append(audit_dir)
-    units.append(
-        Unit(
-            "report",
-            "report",
-            {"audits": [str(a.relative_to(out)) for a in audits]},
-            [f"audit/{a.name}" for a in audits],
-            out / "report",
-            1.0,
-            lambda: _report(audits, out / "report"),
-            "figures + HTML",
-        )
-    )
     return units
+
+
+def _generate(gs, path: Path) -> None:
+    """Generate one dataset file: nothing if a finished file of these settings is there,
+    a merge if `reproduce --shard I/N` tasks wrote its shards, else a (resumed) generation."""
+    import torch
+
+    from symaudit.data import open_dataset
+    from symaudit.data.generate import generate, merge_shards
+
+    torch.set_flush_denormal(True)  # NOTES.md: denormals slow the solver >10x
+    if path.exists():
+        with open_dataset(path) as ds:
+            same = ds.metadata.get("generation") == json.loads(json.dumps(gs.fingerprint()))
+        if same:
+            return  # finished before its manifest was written
+    count = complete_shards(path)
+    if count is not None:  # written by `reproduce --shard I/N` tasks
+        merge_shards(gs, path, count, overwrite=path.exists())
+        return
+    # resumes OUT.partial if a killed run left one with these settings
+    generate(gs, path, overwrite=path.exists())
+
+
+def _train_unit(
+    preset: StudyPreset,
+    mp: ModelPlan,
+    seed: int,
+    out: Path,
+    run_dir: Path,
+    inputs: list[str],
+    device: str,
+) -> Unit:
+    from symaudit.training import TrainConfig, train
+
+    cfg = TrainConfig(
+        model=mp.preset,
+        data=[str(out / "data" / "train")],
+        epochs=mp.epochs,
+        seed=seed,
+        batch_size=mp.batch_size,
+        lr=mp.lr,
+        val_fraction=preset.val_fraction,
+        balance=preset.balance,
+        device=device,
+        model_overrides=dict(mp.overrides),
+    )
+    transitions = preset.train_trajectories * len(preset.families) * preset.snapshots
+    return Unit(
+        stage="train",
+        name=f"train/{run_dir.name}",
+        settings={**cfg.to_dict(), "data": ["data/train"]},
+        inputs=inputs,
+        output=run_dir,
+        cost=mp.epochs * transitions * preset.resolution**2 / 4e6,
+        work=lambda: train(cfg, run_dir, progress=False),
+        label=f"{mp.preset} seed {seed}",
+    )
+
+
+def _audit_unit(
+    preset: StudyPreset,
+    mp: ModelPlan,
+    seed: int,
+    out: Path,
+    run_dir: Path,
+    test_inputs: list[str],
+    shifts: list[int],
+    device: str,
+) -> Unit:
+    from symaudit.diagnostics.audit import run_audit
+    from symaudit.diagnostics.settings import AuditSettings
+
+    audit = AuditSettings(
+        groups=mp.audit_groups(preset),
+        damping=preset.dampings[0],
+        damping_sweep=preset.dampings[1:],
+        rtol=mp.rtol,
+        test_batches=preset.test_batches,
+        per_family=preset.per_family,
+        influence_shifts=shifts,
+        cosine=preset.cosine,
+        max_iter=preset.max_iter,
+        rank=preset.rank,
+        test_data=[str(out / "data" / "test")],
+    )
+    audit_dir = out / "audits" / run_dir.name
+    return Unit(
+        stage="audit",
+        name=f"audit/{run_dir.name}",
+        # the manifest's settings: run_audit's options but the (study-relative) test data
+        settings=audit.options(exclude=("test_data", "metric_batch")),
+        inputs=[f"train/{run_dir.name}", *test_inputs],
+        output=audit_dir,
+        cost=preset.test_batches
+        * preset.per_family
+        * len(mp.audit_groups(preset))
+        * preset.resolution**2
+        / 5e3,
+        work=lambda: run_audit(run_dir, audit, out=audit_dir, device=device, overwrite=True),
+        label=f"{mp.preset} seed {seed}",
+    )
+
+
+def _report_unit(audits: list[Path], out: Path) -> Unit:
+    return Unit(
+        stage="report",
+        name="report",
+        settings={"audits": [str(a.relative_to(out)) for a in audits]},
+        inputs=[f"audit/{a.name}" for a in audits],
+        output=out / "report",
+        cost=1.0,
+        work=lambda: _report(audits, out / "report"),
+        label="figures + HTML",
+    )
 
 
 def _influence_shifts(preset: StudyPreset) -> list[int]:
@@ -278,41 +305,24 @@ def reproduce(
 ) -> ReproduceResult:
     """Run (or resume) the study ``preset`` ("micro", "demo", "paper" or a `StudyPreset`)
     under ``out``; returns which units ran and which were skipped as unchanged."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from symaudit._progress import progress_bar
 
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
     out = check_output_dir(out)
+    units = plan(preset, out, device=device)  # validates every setting: nothing written yet
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
-    units = plan(preset, out, device=device)
     result = ReproduceResult(out=out)
     digests: dict[str, str] = {}
     say = log or (lambda _m: None)
-    console = Console(stderr=True)
-    bar = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>3.0f}%"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not progress,
-    )
+    bar = progress_bar(progress, count=False, stderr=True)
     with bar:
         task = bar.add_task("reproduce", total=sum(u.cost for u in units))
         for i, unit in enumerate(units):
-            digest = settings_digest([unit.settings, [digests[n] for n in unit.inputs]])
+            digest = json_digest([unit.settings, [digests[n] for n in unit.inputs]])
             digests[unit.name] = digest
             mpath = _manifest_path(out, unit)
             old = json.loads(mpath.read_text()) if mpath.exists() else None

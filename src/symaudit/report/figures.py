@@ -203,12 +203,27 @@ def _d4_labels(study: StudyData) -> list[str]:
 def make_figures(study: StudyData, out: Path) -> list[Figure]:
     """Write every figure into ``out``; returns them in report order."""
     out.mkdir(parents=True, exist_ok=True)
-    figs: list[Figure] = []
     d4_models = [m for m in study.models if "d4" in m.groups]
+    fams = _families(d4_models, "d4")
+    labels = _d4_labels(study)
+    figs = [
+        _fig_test_error(study, out, d4_models, fams),
+        _fig_d4_error(study, out, fams, labels),
+        _fig_d4_influence(study, out, d4_models, labels),
+    ]
+    for kind, axis_name, num in (("shift-x", "horizontal", 4), ("shift-y", "vertical", 5)):
+        figs.append(_fig_shift_error(study, out, kind, axis_name, num))
+    for kind, axis_name, num in (("shift-x", "horizontal", 6), ("shift-y", "vertical", 7)):
+        figs.append(_fig_shift_influence(study, out, kind, axis_name, num))
+    figs.append(_fig_defect(study, out, labels))
+    figs.append(_fig_solver(study, out))
+    return figs
 
+
+def _fig_test_error(study: StudyData, out: Path, d4_models: list, fams: list[str]) -> Figure:
+    """Fig. 1: untransformed vs D4-averaged test error, one panel per family."""
     # 1: untransformed vs D4-averaged test error, one panel per initial-condition family
     # (the families' error scales differ by orders of magnitude: pooled boxes would mix them)
-    fams = _families(d4_models, "d4")
     fig, axes = _family_panels(len(fams), rows=False, size=(3.6, 4.2))
     drawn: dict[str, Any] = {}
     for ax, fam in zip(axes, fams, strict=True):
@@ -254,11 +269,11 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     ]
     _shared_legend(fig, axes[-1], handles, [h.get_label() for h in handles])
     fig.suptitle("Test error on untransformed vs D4-averaged inputs (first step), per family")
-    figs.append(
-        _save(fig, out, "fig1_test_error", "Fig. 1: test error, untransformed vs D4", drawn)
-    )
+    return _save(fig, out, "fig1_test_error", "Fig. 1: test error, untransformed vs D4", drawn)
 
-    labels = _d4_labels(study)
+
+def _fig_d4_error(study: StudyData, out: Path, fams: list[str], labels: list[str]) -> Figure:
+    """Fig. 2: E_g per D4 element, one row per family."""
     # 2: E_g per D4 element, one row per family (shared element axis, own error scale)
     fig, axes = _family_panels(len(fams), rows=True, size=(10, 2.9))
     drawn = {}
@@ -280,8 +295,11 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     axes[-1].set_xlabel("D4 element g (r: rotation by 90°, s: reflection)")
     _shared_legend(fig, axes[0])
     fig.suptitle("Transformed test error E_g = SMSE(f(g x_t), g x_t+1) per D4 element, per family")
-    figs.append(_save(fig, out, "fig2_d4_error", "Fig. 2: E_g per D4 element", drawn))
+    return _save(fig, out, "fig2_d4_error", "Fig. 2: E_g per D4 element", drawn)
 
+
+def _fig_d4_influence(study: StudyData, out: Path, d4_models: list, labels: list[str]) -> Figure:
+    """Fig. 3: influence per D4 element (Frobenius diagonal, off-diagonal, cosine)."""
     # 3: influence per D4 element: Frobenius diagonal, off-diagonal, cosine (if computed)
     fig, axes = plt.subplots(1, 3, figsize=(18, 4.2))
     _grouped_boxes(
@@ -308,75 +326,78 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
         _shared_legend(fig, axes[0])
     for a in axes[:2]:
         a.set_xlabel("D4 element g")
-    figs.append(_save(fig, out, "fig3_d4_influence", "Fig. 3: influence M^g per D4 element"))
+    return _save(fig, out, "fig3_d4_influence", "Fig. 3: influence M^g per D4 element")
 
-    # 4-7: shifts; errors one panel per family (own error scale each)
-    for kind, axis_name, num in (("shift-x", "horizontal", 4), ("shift-y", "vertical", 5)):
-        sfams = _families(study.models, kind)
-        fig, axes = _family_panels(len(sfams), rows=False, size=(4.6, 4))
-        drawn = {}
-        for ax, fam in zip(axes, sfams, strict=True):
-            allv, drawn[fam], n = [], {}, 0
-            for i, m in enumerate(study.models):
-                g = m.groups.get(kind)
-                if g is None or not _in_family(g, fam).any():
-                    continue
-                v = g.error[:, _in_family(g, fam)]
-                drawn[fam][m.preset] = _median_whiskers(ax, study, i, g.shifts, v)
-                allv.append(v)
-                n = max(n, v.shape[1])
-            _positive_log(ax, allv)
-            _mark_periods(ax, study)
-            ax.set_xlabel(f"{axis_name} shift (grid cells)")
-            ax.set_title(f"{fam.upper()} ({n} states per marker)", fontsize=10)
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("E_g, SMSE (dimensionless)")
-        _shared_legend(fig, axes[0])
-        fig.suptitle(
-            f"Test error under {axis_name} translations, per family "
-            "(median, 10–90 % whiskers; last step in the training window)"
-        )
-        figs.append(
-            _save(
-                fig, out, f"fig{num}_{kind}_error", f"Fig. {num}: E_g vs {axis_name} shift", drawn
-            )
-        )
-    for kind, axis_name, num in (("shift-x", "horizontal", 6), ("shift-y", "vertical", 7)):
-        fig, axes = plt.subplots(1, 3, figsize=(18, 4))
-        panels = (
-            ("frobenius", "M^g_ii / ||M^g||_F", "diagonal, Frobenius-normalised"),
-            ("offdiag", "M^g_ij / ||M^g||_F, i ≠ j", "off-diagonal, Frobenius-normalised"),
-            ("cosine", "cosine-normalised M^g_ii", "diagonal, cosine-normalised"),
-        )
-        drawn = {}
-        for ax, (field_name, ylabel, title) in zip(axes, panels, strict=True):
-            for i, m in enumerate(study.models):
-                g = m.groups.get(kind)
-                vals = None if g is None else getattr(g, field_name)
-                if vals is None or vals.size == 0:
-                    continue
-                d = _median_whiskers(ax, study, i, g.inf_shifts, vals)
-                drawn.setdefault(field_name, {})[m.preset] = d
-            if not ax.lines:
-                _not_computed(ax)
+
+def _fig_shift_error(study: StudyData, out: Path, kind: str, axis_name: str, num: int) -> Figure:
+    """Figs. 4-5: E_g vs shift along one axis, one panel per family (own error scale each)."""
+    sfams = _families(study.models, kind)
+    fig, axes = _family_panels(len(sfams), rows=False, size=(4.6, 4))
+    drawn = {}
+    for ax, fam in zip(axes, sfams, strict=True):
+        allv, drawn[fam], n = [], {}, 0
+        for i, m in enumerate(study.models):
+            g = m.groups.get(kind)
+            if g is None or not _in_family(g, fam).any():
                 continue
-            _mark_periods(ax, study)
-            ax.set_xlabel(f"{axis_name} shift (grid cells)")
-            ax.set_ylabel(f"{ylabel} (dimensionless)")
-            ax.set_title(f"Influence vs {axis_name} shift, {title}", fontsize=10)
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend(fontsize=7)
-        figs.append(
-            _save(
-                fig,
-                out,
-                f"fig{num}_{kind}_influence",
-                f"Fig. {num}: influence vs {axis_name} shift (rule-chosen shifts)",
-                drawn,
-            )
-        )
+            v = g.error[:, _in_family(g, fam)]
+            drawn[fam][m.preset] = _median_whiskers(ax, study, i, g.shifts, v)
+            allv.append(v)
+            n = max(n, v.shape[1])
+        _positive_log(ax, allv)
+        _mark_periods(ax, study)
+        ax.set_xlabel(f"{axis_name} shift (grid cells)")
+        ax.set_title(f"{fam.upper()} ({n} states per marker)", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("E_g, SMSE (dimensionless)")
+    _shared_legend(fig, axes[0])
+    fig.suptitle(
+        f"Test error under {axis_name} translations, per family "
+        "(median, 10–90 % whiskers; last step in the training window)"
+    )
+    return _save(fig, out, f"fig{num}_{kind}_error", f"Fig. {num}: E_g vs {axis_name} shift", drawn)
 
+
+def _fig_shift_influence(
+    study: StudyData, out: Path, kind: str, axis_name: str, num: int
+) -> Figure:
+    """Figs. 6-7: influence vs shift along one axis at the rule-chosen shifts."""
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4))
+    panels = (
+        ("frobenius", "M^g_ii / ||M^g||_F", "diagonal, Frobenius-normalised"),
+        ("offdiag", "M^g_ij / ||M^g||_F, i ≠ j", "off-diagonal, Frobenius-normalised"),
+        ("cosine", "cosine-normalised M^g_ii", "diagonal, cosine-normalised"),
+    )
+    drawn = {}
+    for ax, (field_name, ylabel, title) in zip(axes, panels, strict=True):
+        for i, m in enumerate(study.models):
+            g = m.groups.get(kind)
+            vals = None if g is None else getattr(g, field_name)
+            if vals is None or vals.size == 0:
+                continue
+            d = _median_whiskers(ax, study, i, g.inf_shifts, vals)
+            drawn.setdefault(field_name, {})[m.preset] = d
+        if not ax.lines:
+            _not_computed(ax)
+            continue
+        _mark_periods(ax, study)
+        ax.set_xlabel(f"{axis_name} shift (grid cells)")
+        ax.set_ylabel(f"{ylabel} (dimensionless)")
+        ax.set_title(f"Influence vs {axis_name} shift, {title}", fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    return _save(
+        fig,
+        out,
+        f"fig{num}_{kind}_influence",
+        f"Fig. {num}: influence vs {axis_name} shift (rule-chosen shifts)",
+        drawn,
+    )
+
+
+def _fig_defect(study: StudyData, out: Path, labels: list[str]) -> Figure:
+    """Fig. 8: label-free defect (log scale; exact zeros drawn at _FLOOR)."""
     # 8: label-free defect (log scale; exact zeros drawn at _FLOOR)
     kinds = [k for k in ("d4", "shift-x", "shift-y") if any(k in m.groups for m in study.models)]
     fig, axes = plt.subplots(
@@ -407,8 +428,11 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
             ax.legend(fontsize=8)
         ax.set_yscale("log")
         ax.set_title(f"Equivariance defect, {kind} (exact 0 drawn at {_FLOOR:g})", fontsize=10)
-    figs.append(_save(fig, out, "fig8_defect", "Fig. 8: label-free equivariance defect D_g"))
+    return _save(fig, out, "fig8_defect", "Fig. 8: label-free equivariance defect D_g")
 
+
+def _fig_solver(study: StudyData, out: Path) -> Figure:
+    """Fig. 9: solver statistics."""
     # 9: solver statistics
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     names, its, res = [], [], []
@@ -435,5 +459,4 @@ def make_figures(study: StudyData, out: Path) -> list[Figure]:
     axes[1].legend(fontsize=8)
     axes[0].set_title("Krylov iterations")
     axes[1].set_title("Residual reached (<= 1: converged)")
-    figs.append(_save(fig, out, "fig9_solver", "Fig. 9: solver statistics"))
-    return figs
+    return _save(fig, out, "fig9_solver", "Fig. 9: solver statistics")

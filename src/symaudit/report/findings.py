@@ -539,13 +539,17 @@ def _f3(study: StudyData) -> tuple[dict[str, bool], str] | None:
     return per, "median |M^g_ii / ||M^g||_F| over g ≠ e " + "; ".join(txt)
 
 
-def _f4(study: StudyData) -> dict[str, str]:
-    per, txt = {}, []
+def _shift_pairs(study: StudyData):
+    """(kind, UNet group, ViT group) for each translation axis audited for both models."""
     for kind in ("shift-x", "shift-y"):
         pair = _pair(study, kind)
-        if pair is None:
-            continue
-        gu, gv = pair
+        if pair is not None:
+            yield kind, *pair
+
+
+def _f4(study: StudyData) -> dict[str, str]:
+    per, txt = {}, []
+    for kind, gu, gv in _shift_pairs(study):
         # per family: typical error = median over shifts of the per-shift median over states;
         # spike index = max over shifts of the per-shift maximum over states / typical
         mu, mv = _family_rows(gu, gu.error), _family_rows(gv, gv.error)
@@ -617,11 +621,7 @@ def _f6(study: StudyData) -> tuple[dict[str, bool], str] | None:
     per, txt = {}, []
     pu = study.by_arch("unet").period if study.by_arch("unet") else None
     pv = study.by_arch("vit").period if study.by_arch("vit") else None
-    for kind in ("shift-x", "shift-y"):
-        pair = _pair(study, kind)
-        if pair is None:
-            continue
-        gu, gv = pair
+    for kind, gu, gv in _shift_pairs(study):
         mu, mv = _family_rows(gu, gu.frobenius), _family_rows(gv, gv.frobenius)
         s = gu.inf_shifts
         nz = np.asarray(s) != 0
@@ -785,7 +785,23 @@ def findings(study: StudyData) -> list[dict[str, str]]:
 
 def readings(study: StudyData) -> dict[str, str]:
     """A short data-driven reading of each figure, keyed by figure id."""
-    r: dict[str, str] = {}
+    r = {
+        "test_error": _read_test_error(study),
+        "d4_error": _read_d4_error(study),
+        "d4_influence": _read_d4_influence(study),
+    }
+    for kind, axis in (("shift-x", "horizontal"), ("shift-y", "vertical")):
+        r[f"{kind}_error"], r[f"{kind}_influence"] = _read_shifts(study, kind, axis)
+    r["defect"] = _read_defect(study)
+    return r
+
+
+def _audited(study: StudyData, kind: str) -> list[tuple[ModelData, GroupData]]:
+    """(model, its pooled data) for every model that audited the group ``kind``."""
+    return [(m, m.groups[kind]) for m in study.models if kind in m.groups]
+
+
+def _read_test_error(study: StudyData) -> str:
     d4 = [m for m in study.models if "d4" in m.groups]
     fams = sorted({f for m in d4 for f in m.groups["d4"].families})
     parts = []
@@ -802,27 +818,27 @@ def readings(study: StudyData) -> dict[str, str]:
             best = (e, name) if best is None or e < best[0] else best
         if cells:
             parts.append(f"{fam.upper()}: " + ", ".join(cells) + f" (lowest E_e: {best[1]})")
-    r["test_error"] = (
+    return (
         "Median one-step error, untransformed → D4-averaged: " + "; ".join(parts) + "."
         if parts
         else "No D4 audit."
     )
+
+
+def _read_d4_error(study: StudyData) -> str:
     parts = []
-    for m in study.models:
-        g = m.groups.get("d4")
-        if g is None:
-            continue
+    for m, g in _audited(study, "d4"):
         cells = []
         for fam, med in _family_rows(g, g.error).items():
             k = int(np.argmax(med))
             cells.append(f"{fam.upper()} {g.elements[k]} ({med[k]:.3g} vs identity {med[0]:.3g})")
         parts.append(f"{m.label}: worst element per family " + ", ".join(cells))
-    r["d4_error"] = "; ".join(parts) + "." if parts else "No D4 audit."
+    return "; ".join(parts) + "." if parts else "No D4 audit."
+
+
+def _read_d4_influence(study: StudyData) -> str:
     parts = []
-    for m in study.models:
-        g = m.groups.get("d4")
-        if g is None:
-            continue
+    for m, g in _audited(study, "d4"):
         txt = (
             f"{m.label}: median cross-orbit Frobenius influence {_med(g.frobenius[1:]):.3g} "
             f"(identity {_med(g.frobenius[0]):.3g})"
@@ -846,38 +862,39 @@ def readings(study: StudyData) -> dict[str, str]:
         if dominated
         else ""
     )
-    r["d4_influence"] = (
+    return (
         "; ".join(parts)
         + ". A cosine near 1 means an update on x moves the loss on g x as much as on x "
         "(the update propagates across the orbit); near 0, not at all." + note
         if parts
         else "No D4 audit."
     )
-    for kind, axis in (("shift-x", "horizontal"), ("shift-y", "vertical")):
-        parts, iparts = [], []
-        for m in study.models:
-            g = m.groups.get(kind)
-            if g is None:
-                continue
-            cells = [
-                f"{fam.upper()} {med.min():.3g}–{med.max():.3g} "
-                f"(max/min {med.max() / med.min():.2f})"
-                for fam, med in _family_rows(g, g.error).items()
-            ]
-            parts.append(f"{m.label}: median E_g per family " + ", ".join(cells))
-            src = g.cosine if g.cosine is not None else g.frobenius
-            im = np.median(src, axis=1)
-            iparts.append(f"{m.label}: median influence from {im.min():.3g} to {im.max():.3g}")
-        r[f"{kind}_error"] = (
-            (f"{axis.capitalize()} shifts. " + "; ".join(parts) + ".")
-            if parts
-            else f"No {kind} audit."
-        )
-        r[f"{kind}_influence"] = (
-            (f"{axis.capitalize()} shifts. " + "; ".join(iparts) + ".")
-            if iparts
-            else f"No {kind} audit."
-        )
+
+
+def _read_shifts(study: StudyData, kind: str, axis: str) -> tuple[str, str]:
+    """The readings of the error and the influence figures of one translation axis."""
+    parts, iparts = [], []
+    for m, g in _audited(study, kind):
+        cells = [
+            f"{fam.upper()} {med.min():.3g}–{med.max():.3g} (max/min {med.max() / med.min():.2f})"
+            for fam, med in _family_rows(g, g.error).items()
+        ]
+        parts.append(f"{m.label}: median E_g per family " + ", ".join(cells))
+        src = g.cosine if g.cosine is not None else g.frobenius
+        im = np.median(src, axis=1)
+        iparts.append(f"{m.label}: median influence from {im.min():.3g} to {im.max():.3g}")
+    error = (
+        (f"{axis.capitalize()} shifts. " + "; ".join(parts) + ".") if parts else f"No {kind} audit."
+    )
+    influence = (
+        (f"{axis.capitalize()} shifts. " + "; ".join(iparts) + ".")
+        if iparts
+        else f"No {kind} audit."
+    )
+    return error, influence
+
+
+def _read_defect(study: StudyData) -> str:
     parts = []
     for m in study.models:
         vals = [float(np.median(g.defect[1:])) for g in m.groups.values() if g.defect.shape[0] > 1]
@@ -885,8 +902,7 @@ def readings(study: StudyData) -> dict[str, str]:
             parts.append(
                 f"{m.label}: median defect over non-identity elements up to {max(vals):.3g}"
             )
-    r["defect"] = "; ".join(parts) + "." if parts else "No audit."
-    return r
+    return "; ".join(parts) + "." if parts else "No audit."
 
 
 def load_study(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:

@@ -30,6 +30,7 @@ from symaudit.models import build_from_config
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CHECKPOINT_NAME",
     "CheckpointError",
     "CheckpointInfo",
     "capture_rng",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 CHECKPOINT_FORMAT = "symaudit-checkpoint"
+#: the checkpoint's file name in a training run directory
+CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_VERSION = 1
 _REQUIRED = (
     "format",

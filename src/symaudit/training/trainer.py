@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import nn
 
 from symaudit._io import atomic_write_text, check_output_dir, exclusive
+from symaudit._progress import progress_bar
 from symaudit.data.stream import prefetched
 from symaudit.data.transitions import (
     TransitionData,
@@ -52,6 +53,7 @@ from symaudit.errors import SymauditError
 from symaudit.groups import Dihedral4
 from symaudit.models import build_from_config, model_config
 from symaudit.training.checkpoint import (
+    CHECKPOINT_NAME,
     CheckpointError,
     capture_rng,
     read_checkpoint,
@@ -71,7 +73,6 @@ __all__ = [
 ]
 
 AUGMENTATIONS = ("none", "d4", "shift", "d4+shift")
-CHECKPOINT_NAME = "checkpoint.pt"
 METRICS_NAME = "metrics.jsonl"
 # Settings that may differ between a run and its resumption (they do not change the result).
 _RESUMABLE_DIFFERENCES = {"device", "checkpoint_every", "data_loading"}
@@ -331,16 +332,77 @@ def train(
     ``stop_after_steps`` end this call after that many epochs / optimiser steps (a planned
     interruption, after any checkpoint due at that point). Uses the initialised
     `torch.distributed` process group if there is one (see module docstring).
+
+    The steps, in order: `_prepare` (data, loss weights, model, optimiser), `_resume` (from
+    the checkpoint, if any), `_wrap_ddp`, then per epoch `_run_epoch` (per batch
+    `_augment_batch`, `_train_step`, `_save_mid_epoch` when due) and `_end_epoch` (metrics,
+    `_save_checkpoint`).
     """
     out = check_output_dir(out_dir)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     say = log if (log is not None and rank == 0) else (lambda _m: None)
+    r = _prepare(config, out, rank, world)
+    start = _resume(r, say)
+    r.ddp = _wrap_ddp(r.model, r.device, world)
+    return _train_epochs(r, start, progress, stop_after, stop_after_steps, say)
+
+
+@dataclass
+class _Run:
+    """What one `train` call works with; ``step`` and ``history`` advance as it trains."""
+
+    config: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    dtype: torch.dtype
+    data: TransitionData
+    streamed: bool
+    n: int  # training transitions
+    loss_fn: SMSE
+    weights: dict[str, float]  # per dataset file (family)
+    traj_weight: torch.Tensor  # per training trajectory
+    elements: list  # D4 elements of the augmentation (or none)
+    model_config: dict[str, Any]
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    ddp: nn.Module | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    step: int = 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT_NAME
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.config.batch_size
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    @property
+    def per_traj(self) -> int:
+        return self.data.train.shape[1] - self.config.unroll
+
+
+@dataclass
+class _Counts:
+    """What this call has done (a resumed run counts from its resumption)."""
+
+    epochs: int = 0
+    steps: int = 0
+    samples: int = 0
+
+
+def _prepare(config: TrainConfig, out: Path, rank: int, world: int) -> _Run:
+    """Load the data, weigh the families, build the model (seeded) and the optimiser."""
     device = torch.device(config.device)
     dtype = getattr(torch, config.dtype)
     if config.batch_size % world:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    local_batch = config.batch_size // world
-
     data = load_transitions(
         config.data,
         snapshots=parse_snapshots(config.snapshots),
@@ -348,196 +410,262 @@ def train(
         seed=config.seed,
         stream=_stream(config),
     )
-    streamed = not isinstance(data.train, torch.Tensor)
     n = data.num_transitions(config.unroll)
     if n < config.batch_size:
         raise ValueError(
             f"only {n} training transitions (unroll {config.unroll}) for batch size "
             f"{config.batch_size}: use more trajectories or a smaller --batch-size"
         )
-    steps_per_epoch = n // config.batch_size
-    total_steps = steps_per_epoch * config.epochs
-    loss_fn = SMSE(data.channel_rms).to(device)
     weights = family_weights(data, SMSE(data.channel_rms), config.balance)
     counts = [len(train_ids) for train_ids, _ in data.split.values()]
     # weight of every training trajectory (trajectories are concatenated file by file)
     traj_weight = torch.repeat_interleave(
         torch.tensor(list(weights.values()), dtype=dtype), torch.tensor(counts)
     )
-    per_traj = data.train.shape[1] - config.unroll
-    elements = list(Dihedral4(data.layout)) if "d4" in config.augment else []
-
-    ckpt_path = out / CHECKPOINT_NAME
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob(f".{CHECKPOINT_NAME}.tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
     mcfg = _resolve_model_config(config, data)
     torch.manual_seed(config.seed)
     model = build_from_config(mcfg).to(device=device, dtype=dtype)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history: list[dict[str, Any]] = []
-    start_epoch, step, start_batch, resumed_loss = 0, 0, 0, 0.0
-    if ckpt_path.exists():
-        saved = read_checkpoint(ckpt_path, map_location=device)
-        _check_resume(saved["config"], config, ckpt_path)
-        if saved["model_config"] != mcfg:
-            raise CheckpointError(f"{ckpt_path}: model description differs from this run's")
-        try:
-            model.load_state_dict(saved["model_state"])
-            optimizer.load_state_dict(saved["optimizer_state"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"{ckpt_path}: state does not fit the model: {exc}") from exc
-        restore_rng(saved["rng"])
-        start_epoch, step, history = int(saved["epoch"]), int(saved["step"]), saved["history"]
-        start_batch, resumed_loss = int(saved.get("batch", 0)), float(saved.get("epoch_loss", 0))
-        if start_epoch < config.epochs:
-            say(
-                f"resuming {out} at epoch {start_epoch + 1}/{config.epochs}, "
-                f"batch {start_batch} (step {step})"
-            )
-    elif rank == 0:
-        atomic_write_text(out / "config.json", json.dumps(config.to_dict(), indent=2))
+    return _Run(
+        config=config,
+        out=out,
+        rank=rank,
+        world=world,
+        device=device,
+        dtype=dtype,
+        data=data,
+        streamed=not isinstance(data.train, torch.Tensor),
+        n=n,
+        loss_fn=SMSE(data.channel_rms).to(device),
+        weights=weights,
+        traj_weight=traj_weight,
+        elements=list(Dihedral4(data.layout)) if "d4" in config.augment else [],
+        model_config=mcfg,
+        model=model,
+        optimizer=optimizer,
+    )
 
-    ddp = model
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def save(epoch_done: int, batch: int, epoch_loss: float) -> None:
-        save_checkpoint(
-            ckpt_path,
-            {
-                "model_config": mcfg,
-                "model_state": model.state_dict(),
-                "optimizer_state": optimizer.state_dict(),
-                "epoch": epoch_done,
-                "batch": batch,  # batches of the next epoch already done (mid-epoch save)
-                "epoch_loss": epoch_loss,  # their summed loss, over all ranks
-                "step": step,
-                "rng": capture_rng(),
-                "config": config.to_dict(),
-                "layout": data.layout.to_json(),
-                "channel_rms": data.channel_rms,
-                "history": history,
-                "split": data.split,
-                "family_weights": weights,
-            },
+def _resume(r: _Run, say: Callable[[str], None]) -> tuple[int, int, float]:
+    """Restore model, optimiser, RNG, step and history from the run's checkpoint if there is
+    one (else write config.json); returns (epoch, batch within it, that batch's summed loss)
+    to start from."""
+    if not r.ckpt_path.exists():
+        if r.rank == 0:
+            atomic_write_text(r.out / "config.json", json.dumps(r.config.to_dict(), indent=2))
+        return 0, 0, 0.0
+    saved = read_checkpoint(r.ckpt_path, map_location=r.device)
+    _check_resume(saved["config"], r.config, r.ckpt_path)
+    if saved["model_config"] != r.model_config:
+        raise CheckpointError(f"{r.ckpt_path}: model description differs from this run's")
+    try:
+        r.model.load_state_dict(saved["model_state"])
+        r.optimizer.load_state_dict(saved["optimizer_state"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{r.ckpt_path}: state does not fit the model: {exc}") from exc
+    restore_rng(saved["rng"])
+    start_epoch, r.step, r.history = int(saved["epoch"]), int(saved["step"]), saved["history"]
+    start_batch, resumed_loss = int(saved.get("batch", 0)), float(saved.get("epoch_loss", 0))
+    if start_epoch < r.config.epochs:
+        say(
+            f"resuming {r.out} at epoch {start_epoch + 1}/{r.config.epochs}, "
+            f"batch {start_batch} (step {r.step})"
         )
+    return start_epoch, start_batch, resumed_loss
 
-    bar = _progress(progress and rank == 0)
-    epochs_run = samples_seen = steps_run = 0
-    stopped = False
+
+def _wrap_ddp(model: nn.Module, device: torch.device, world: int) -> nn.Module:
+    if world == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def _train_epochs(
+    r: _Run,
+    start: tuple[int, int, float],
+    progress: bool,
+    stop_after: int | None,
+    stop_after_steps: int | None,
+    say: Callable[[str], None],
+) -> TrainResult:
+    start_epoch, start_batch, resumed_loss = start
+    counts = _Counts()
+    bar = progress_bar(progress and r.rank == 0)
     # a second `train` on this run directory is refused instead of interleaving checkpoints
-    sole_writer = exclusive(out) if rank == 0 else contextlib.nullcontext()
+    sole_writer = exclusive(r.out) if r.rank == 0 else contextlib.nullcontext()
     with bar, sole_writer:
-        total = (config.epochs - start_epoch) * steps_per_epoch - start_batch
+        total = (r.config.epochs - start_epoch) * r.steps_per_epoch - start_batch
         task = bar.add_task("train", total=total)
-        for epoch in range(start_epoch, config.epochs):
-            if stopped or (stop_after is not None and epochs_run >= stop_after):
+        for epoch in range(start_epoch, r.config.epochs):
+            if stop_after is not None and counts.epochs >= stop_after:
                 break
             t0 = time.perf_counter()
-            gen = _epoch_generator(config.seed, epoch)
-            order = torch.randperm(n, generator=gen)
-            d4_idx, shifts = _draw_augmentations(config, n, gen, tuple(data.train.shape[-2:]))
-            model.train()
             first = start_batch if epoch == start_epoch else 0
-            # each rank holds 1/world of the resumed partial sum; all_reduce restores it
-            loss_sum = torch.full((), resumed_loss / world, dtype=torch.float64, device=device)
-            if first == 0:
-                loss_sum.zero_()
-            batches = [
-                order[b * config.batch_size : (b + 1) * config.batch_size][
-                    rank * local_batch : (rank + 1) * local_batch
-                ]
-                for b in range(first, steps_per_epoch)
-            ]
-            fetch = functools.partial(data.pairs, unroll=config.unroll)
-            # streamed data: the next batch is read while this one computes
-            samples = prefetched(fetch, batches) if streamed else map(fetch, batches)
-            for b, idx, (x, y) in zip(range(first, steps_per_epoch), batches, samples, strict=True):
-                if elements or shifts is not None:
-                    x, y = _augment(
-                        x,
-                        y,
-                        None if d4_idx is None else d4_idx[idx],
-                        None if shifts is None else shifts[idx],
-                        elements,
-                    )
-                x, y = x.to(device, dtype), y.to(device, dtype)
-                per_sample = 0.0
-                state = x
-                for j in range(config.unroll):
-                    state = ddp(state)
-                    per_sample = per_sample + loss_fn.per_sample(state, y[:, j])
-                w = traj_weight[idx // per_traj].to(device)
-                # scaled so that DDP's mean over ranks is the mean over the global batch
-                loss = (w * per_sample / config.unroll).sum() * (world / config.batch_size)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr(config, step, total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                _check_step(model, loss, epoch, b, ckpt_path)
-                optimizer.step()
-                step += 1
-                steps_run += 1
-                samples_seen += x.shape[0]
-                loss_sum += loss.detach().double()
-                bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs}")
-                last_batch = b + 1 == steps_per_epoch
-                if (
-                    config.checkpoint_every
-                    and step % config.checkpoint_every == 0
-                    and not last_batch
-                ):
-                    partial = loss_sum.clone()
-                    if world > 1:
-                        dist.all_reduce(partial)
-                    if rank == 0:
-                        save(epoch, b + 1, float(partial))
-                    if world > 1:
-                        dist.barrier()
-                if (
-                    stop_after_steps is not None
-                    and steps_run >= stop_after_steps
-                    and not last_batch
-                ):
-                    stopped = True
-                    break
+            desc = f"epoch {epoch + 1}/{r.config.epochs}"
+
+            def advance(desc: str = desc) -> None:
+                bar.update(task, advance=1, description=desc)
+
+            loss_sum, stopped = _run_epoch(
+                r, epoch, first, resumed_loss, counts, stop_after_steps, advance
+            )
             if stopped:
                 break
-            if world > 1:
-                dist.all_reduce(loss_sum)
-            train_loss = float(loss_sum) / (world * steps_per_epoch)
-            if rank == 0:
-                metrics = {
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "lr": _lr(config, step, total_steps),
-                    "train_loss": train_loss,
-                    **{f"val_{k}": v for k, v in evaluate(model, data.val, loss_fn).items()},
-                    "seconds": time.perf_counter() - t0,
-                    "samples_per_second": steps_per_epoch
-                    * config.batch_size
-                    / (time.perf_counter() - t0),
-                }
-                history.append(metrics)
-                save(epoch + 1, 0, 0.0)
-                atomic_write_text(
-                    out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in history)
-                )
-                say(
-                    f"epoch {epoch + 1}/{config.epochs}: train {train_loss:.4g}, "
-                    f"val one-step {metrics['val_one_step']}, rollout {metrics['val_rollout_mean']}"
-                )
-            if world > 1:
-                dist.barrier()
-            epochs_run += 1
-            if stop_after_steps is not None and steps_run >= stop_after_steps:
+            _end_epoch(r, epoch, loss_sum, t0, say)
+            counts.epochs += 1
+            if stop_after_steps is not None and counts.steps >= stop_after_steps:
                 break
-    return TrainResult(model, history, ckpt_path, epochs_run, samples_seen)
+    return TrainResult(r.model, r.history, r.ckpt_path, counts.epochs, counts.samples)
+
+
+def _run_epoch(
+    r: _Run,
+    epoch: int,
+    first: int,
+    resumed_loss: float,
+    counts: _Counts,
+    stop_after_steps: int | None,
+    advance: Callable[[], None],
+) -> tuple[torch.Tensor, bool]:
+    """Batches ``first``.. of ``epoch``; returns this rank's summed loss and whether
+    ``stop_after_steps`` stopped the epoch early."""
+    cfg = r.config
+    gen = _epoch_generator(cfg.seed, epoch)
+    order = torch.randperm(r.n, generator=gen)
+    d4_idx, shifts = _draw_augmentations(cfg, r.n, gen, tuple(r.data.train.shape[-2:]))
+    r.model.train()
+    # each rank holds 1/world of the resumed partial sum; all_reduce restores it
+    loss_sum = torch.full((), resumed_loss / r.world, dtype=torch.float64, device=r.device)
+    if first == 0:
+        loss_sum.zero_()
+    local = cfg.batch_size // r.world
+    batches = [
+        order[b * cfg.batch_size : (b + 1) * cfg.batch_size][r.rank * local : (r.rank + 1) * local]
+        for b in range(first, r.steps_per_epoch)
+    ]
+    fetch = functools.partial(r.data.pairs, unroll=cfg.unroll)
+    # streamed data: the next batch is read while this one computes
+    samples = prefetched(fetch, batches) if r.streamed else map(fetch, batches)
+    for b, idx, (x, y) in zip(range(first, r.steps_per_epoch), batches, samples, strict=True):
+        x, y = _augment_batch(r, x, y, idx, d4_idx, shifts)
+        loss = _train_step(r, x, y, idx, epoch, b)
+        counts.steps += 1
+        counts.samples += x.shape[0]
+        loss_sum += loss.detach().double()
+        advance()
+        last_batch = b + 1 == r.steps_per_epoch
+        if cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and not last_batch:
+            _save_mid_epoch(r, epoch, b + 1, loss_sum)
+        if stop_after_steps is not None and counts.steps >= stop_after_steps and not last_batch:
+            return loss_sum, True
+    return loss_sum, False
+
+
+def _augment_batch(r: _Run, x, y, idx, d4_idx, shifts) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch under this epoch's drawn group elements (unchanged without augmentation)."""
+    if not r.elements and shifts is None:
+        return x, y
+    return _augment(
+        x,
+        y,
+        None if d4_idx is None else d4_idx[idx],
+        None if shifts is None else shifts[idx],
+        r.elements,
+    )
+
+
+def _train_step(r: _Run, x, y, idx, epoch: int, batch: int) -> torch.Tensor:
+    """One optimiser step on a batch `(b, C, H, W)` with targets `(b, k, C, H, W)`."""
+    cfg = r.config
+    x, y = x.to(r.device, r.dtype), y.to(r.device, r.dtype)
+    per_sample = 0.0
+    state = x
+    for j in range(cfg.unroll):
+        state = r.ddp(state)
+        per_sample = per_sample + r.loss_fn.per_sample(state, y[:, j])
+    w = r.traj_weight[idx // r.per_traj].to(r.device)
+    # scaled so that DDP's mean over ranks is the mean over the global batch
+    loss = (w * per_sample / cfg.unroll).sum() * (r.world / cfg.batch_size)
+    for group in r.optimizer.param_groups:
+        group["lr"] = _lr(cfg, r.step, r.total_steps)
+    r.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    _check_step(r.model, loss, epoch, batch, r.ckpt_path)
+    r.optimizer.step()
+    r.step += 1
+    return loss
+
+
+def _save_checkpoint(r: _Run, epoch_done: int, batch: int, epoch_loss: float) -> None:
+    """Everything a resume needs, written atomically to the run's checkpoint."""
+    save_checkpoint(
+        r.ckpt_path,
+        {
+            "model_config": r.model_config,
+            "model_state": r.model.state_dict(),
+            "optimizer_state": r.optimizer.state_dict(),
+            "epoch": epoch_done,
+            "batch": batch,  # batches of the next epoch already done (mid-epoch save)
+            "epoch_loss": epoch_loss,  # their summed loss, over all ranks
+            "step": r.step,
+            "rng": capture_rng(),
+            "config": r.config.to_dict(),
+            "layout": r.data.layout.to_json(),
+            "channel_rms": r.data.channel_rms,
+            "history": r.history,
+            "split": r.data.split,
+            "family_weights": r.weights,
+        },
+    )
+
+
+def _save_mid_epoch(r: _Run, epoch: int, batch: int, loss_sum: torch.Tensor) -> None:
+    """A checkpoint inside ``epoch`` after ``batch`` batches (``checkpoint_every``)."""
+    partial = loss_sum.clone()
+    if r.world > 1:
+        dist.all_reduce(partial)
+    if r.rank == 0:
+        _save_checkpoint(r, epoch, batch, float(partial))
+    if r.world > 1:
+        dist.barrier()
+
+
+def _end_epoch(
+    r: _Run, epoch: int, loss_sum: torch.Tensor, t0: float, say: Callable[[str], None]
+) -> None:
+    """Validation metrics, the epoch-end checkpoint and metrics.jsonl (rank 0)."""
+    if r.world > 1:
+        dist.all_reduce(loss_sum)
+    train_loss = float(loss_sum) / (r.world * r.steps_per_epoch)
+    if r.rank == 0:
+        metrics = _epoch_metrics(r, epoch, train_loss, t0)
+        r.history.append(metrics)
+        _save_checkpoint(r, epoch + 1, 0, 0.0)
+        atomic_write_text(r.out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in r.history))
+        say(
+            f"epoch {epoch + 1}/{r.config.epochs}: train {train_loss:.4g}, "
+            f"val one-step {metrics['val_one_step']}, rollout {metrics['val_rollout_mean']}"
+        )
+    if r.world > 1:
+        dist.barrier()
+
+
+def _epoch_metrics(r: _Run, epoch: int, train_loss: float, t0: float) -> dict[str, Any]:
+    cfg = r.config
+    return {
+        "epoch": epoch + 1,
+        "step": r.step,
+        "lr": _lr(cfg, r.step, r.total_steps),
+        "train_loss": train_loss,
+        **{f"val_{k}": v for k, v in evaluate(r.model, r.data.val, r.loss_fn).items()},
+        "seconds": time.perf_counter() - t0,
+        "samples_per_second": r.steps_per_epoch * cfg.batch_size / (time.perf_counter() - t0),
+    }
 
 
 def _check_step(model: nn.Module, loss: torch.Tensor, epoch: int, batch: int, ckpt: Path) -> None:
@@ -555,22 +683,4 @@ def _check_step(model: nn.Module, loss: torch.Tensor, epoch: int, batch: int, ck
         f"non-finite training loss {float(loss.detach()):.4g} (gradient norm {float(norm):.4g}) at "
         f"epoch {epoch + 1}, batch {batch + 1}: stopped before the update; {kept}. Check the "
         "data for NaN/inf and lower --lr"
-    )
-
-
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
     )
