@@ -108,7 +108,7 @@ PRESETS: dict[str, StudyPreset] = {
                 # and the ViT, and this G-CNN's translation audit alone cost 1/4 of the demo
                 ModelPlan(
                     "gcnn-small",
-                    epochs=6,
+                    epochs=4,
                     batch_size=16,
                     lr=2e-3,
                     overrides={"channels": 4, "blocks": 2},
