@@ -11,6 +11,7 @@ from symaudit.cli._app import app
 # (command modules are added here as they are written)
 from symaudit.cli import (  # noqa: E402,F401
     audit,
+    augment,
     estimate,
     generate,
     models,

@@ -26,7 +26,7 @@ from symaudit._io import atomic_write_json, check_output_dir, tree_digests
 from symaudit.diagnostics.audit import settings_digest
 from symaudit.pipeline.presets import PRESETS, StudyPreset
 
-__all__ = ["ReproduceResult", "Unit", "plan", "reproduce"]
+__all__ = ["ReproduceResult", "Unit", "plan", "reproduce", "run_units"]
 
 
 @dataclass
@@ -278,6 +278,28 @@ def reproduce(
 ) -> ReproduceResult:
     """Run (or resume) the study ``preset`` ("micro", "demo", "paper" or a `StudyPreset`)
     under ``out``; returns which units ran and which were skipped as unchanged."""
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        preset = PRESETS[preset]
+    out = check_output_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
+    result = run_units(plan(preset, out, device=device), out, progress=progress, log=log)
+    result.report = out / "report" / "index.html"
+    return result
+
+
+def run_units(
+    units: list[Unit],
+    out: Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    title: str = "reproduce",
+) -> ReproduceResult:
+    """Run ``units`` (in order, each after the units it reads) under ``out`` with the manifest
+    rules of the module docstring: skip the unchanged, redo the changed, resume the killed."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -287,14 +309,6 @@ def reproduce(
         TimeRemainingColumn,
     )
 
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        preset = PRESETS[preset]
-    out = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
-    units = plan(preset, out, device=device)
     result = ReproduceResult(out=out)
     digests: dict[str, str] = {}
     say = log or (lambda _m: None)
@@ -310,7 +324,7 @@ def reproduce(
         disable=not progress,
     )
     with bar:
-        task = bar.add_task("reproduce", total=sum(u.cost for u in units))
+        task = bar.add_task(title, total=sum(u.cost for u in units))
         for i, unit in enumerate(units):
             digest = settings_digest([unit.settings, [digests[n] for n in unit.inputs]])
             digests[unit.name] = digest
@@ -350,5 +364,4 @@ def reproduce(
             result.seconds[unit.name] = seconds
             say(f"{unit.name}: done in {seconds:.1f} s")
             bar.update(task, advance=unit.cost)
-    result.report = out / "report" / "index.html"
     return result
