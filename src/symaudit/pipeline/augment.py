@@ -69,10 +69,10 @@ class AugmentPreset:
         return d
 
 
-def _data(name: str, **kw) -> StudyPreset:
+def _data(name: str, families=("ce-rp", "ce-crp", "ce-rpui"), **kw) -> StudyPreset:
     return StudyPreset(
         name=name,
-        families=("ce-rp", "ce-crp", "ce-rpui"),
+        families=families,
         models=(),
         seeds=(0,),
         groups=("d4",),
@@ -88,6 +88,7 @@ AUGMENT_PRESETS: dict[str, AugmentPreset] = {
             name="augment-micro",
             data=_data(
                 "augment-micro",
+                families=("ce-rp", "ce-crp"),  # two: the selection pools over families
                 resolution=16,
                 train_trajectories=4,
                 test_trajectories=2,

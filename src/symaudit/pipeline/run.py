@@ -153,7 +153,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     audits = []
     for mp in preset.models:
         for seed in preset.seeds:
-            name = _model_name(mp.preset, seed)
+            name = _model_name(mp.name or mp.preset, seed)
             cfg = TrainConfig(
                 model=mp.preset,
                 data=[str(out / "data" / "train")],
