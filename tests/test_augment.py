@@ -27,9 +27,7 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def _config(data_dir: Path, **kw) -> TrainConfig:
-    base = dict(
-        model="unet-tiny", data=[str(data_dir)], epochs=1, batch_size=8, lr=1e-2, seed=0
-    )
+    base = dict(model="unet-tiny", data=[str(data_dir)], epochs=1, batch_size=8, lr=1e-2, seed=0)
     return TrainConfig(**{**base, **kw})
 
 
@@ -76,8 +74,12 @@ def test_training_is_augmented_by_the_chosen_elements_only(data_dir, tmp_path, m
 def test_all_seven_elements_are_exactly_the_full_d4_augmentation(data_dir, tmp_path):
     seven = ["r", "r2", "r3", "s", "rs", "r2s", "r3s"]
     a = train(_config(data_dir, augment="d4"), tmp_path / "a", progress=False)
-    b = train(_config(data_dir, augment="d4", augment_elements=seven), tmp_path / "b", progress=False)
-    c = train(_config(data_dir, augment="d4", augment_elements=["s"]), tmp_path / "c", progress=False)
+    b = train(
+        _config(data_dir, augment="d4", augment_elements=seven), tmp_path / "b", progress=False
+    )
+    c = train(
+        _config(data_dir, augment="d4", augment_elements=["s"]), tmp_path / "c", progress=False
+    )
     flat = [torch.cat([p.detach().flatten() for p in r.model.parameters()]) for r in (a, b, c)]
     assert torch.equal(flat[0], flat[1])
     assert not torch.equal(flat[0], flat[2])  # a subset really changes what is trained on
@@ -106,11 +108,28 @@ def test_subset_runs_keep_old_digests_and_canonical_order(data_dir):
 
 
 def test_selection_rule_and_random_subsets():
-    scores = {"e": 1.0, "r": 0.2, "r2": 0.9, "r3": 0.49, "s": 0.5, "rs": -0.1, "r2s": 1.2, "r3s": 0.6}
-    assert select_elements(scores, 0.5) == ["r", "r3", "rs"]  # strict: 0.5 itself is not below
-    assert select_elements(scores, 0.0) == ["rs"]
+    scores = {
+        "e": 1.0,
+        "r": 0.2,
+        "r2": 0.9,
+        "r3": 0.49,
+        "s": 0.5,
+        "rs": -0.1,
+        "r2s": 1.2,
+        "r3s": 0.6,
+    }
+    assert select_elements(scores, "below:0.5") == ["r", "r3", "rs"]  # strict: 0.5 is not below
+    assert select_elements(scores, "below:0") == ["rs"]
+    # mean of the seven: 3.79 / 7 = 0.541
+    assert select_elements(scores, "relative:1") == ["r", "r3", "s", "rs"]
+    assert select_elements(scores, "lowest:2") == ["r", "rs"]
+    assert select_elements(scores, "lowest:0") == []
+    assert select_elements({g: 0.0 for g in scores}, "lowest:2") == ["r", "r2"]  # ties: D4 order
     with pytest.raises(ValueError, match="not finite"):
-        select_elements({**scores, "s": float("nan")}, 0.5)
+        select_elements({**scores, "s": float("nan")}, "below:0.5")
+    for bad in ("0.5", "below:x", "lowest:2.5", "lowest:8", "above:1"):
+        with pytest.raises(ValueError, match="rule"):
+            select_elements(scores, bad)
     subs = random_subsets(3, 5, seed=1)
     assert len(subs) == 5 and len({tuple(s) for s in subs}) == 5
     assert all(len(s) == 3 and "e" not in s for s in subs)
@@ -137,8 +156,10 @@ def test_augment_command_compares_the_arms_and_resumes(tmp_path):
         diag = res.raw.diagonal(dim1=1, dim2=2)
         for k, g in enumerate(res.elements):
             ratios.setdefault(g, []).extend((diag[k] / diag[0]).tolist())
-    expect = [g for g in ratios if g != "e" and np.median(ratios[g]) < preset.threshold]
-    assert sel["influence"] == expect
+    assert preset.rule == "lowest:3"
+    med = {g: np.median(v) for g, v in ratios.items() if g != "e"}
+    expect = [g for g in med if med[g] < sorted(med.values())[3]]  # the three lowest
+    assert sel["influence"] == expect and len(expect) == 3
     assert all(len(s) == len(expect) for s in sel["random"])
     # each arm trained with its elements, all with the same number of steps
     steps = set()
@@ -164,5 +185,7 @@ def test_augment_command_compares_the_arms_and_resumes(tmp_path):
         assert row["untransformed"] == pytest.approx(rel["e"])
         assert f"{row['transformed']:.4g}" in page
     # rerun: nothing to do (a killed run resumes unit by unit: `symaudit.pipeline.run`)
-    again = runner.invoke(app, ["augment", "--preset", "augment-micro", "--out", str(out), "--quiet"])
+    again = runner.invoke(
+        app, ["augment", "--preset", "augment-micro", "--out", str(out), "--quiet"]
+    )
     assert again.exit_code == 0 and "0 units ran" in again.output, again.output

@@ -16,11 +16,12 @@ def augment(
         str, typer.Option(help="augment (CPU, ~30 min) or augment-micro (seconds, for tests).")
     ] = "augment",
     out: Annotated[Path | None, typer.Option(help="Output directory (default: ./PRESET).")] = None,
-    threshold: Annotated[
-        float | None,
+    rule: Annotated[
+        str | None,
         typer.Option(
-            help="Augment by every g != e whose cross-influence median_i M^g_ii / M^e_ii in the "
-            "un-augmented model's audit is below this (default: the preset's, 0.5)."
+            help="Which g != e to augment by, from their cross-influence median_i M^g_ii / "
+            "M^e_ii in the un-augmented model's audit: below:T (< T), relative:T (< T x the "
+            "mean of the seven) or lowest:K (the K lowest). Default: the preset's, lowest:3."
         ),
     ] = None,
     seeds: Annotated[
@@ -47,7 +48,7 @@ def augment(
         preset,
         out if out is not None else Path(preset),
         device=device,
-        threshold=threshold,
+        rule=rule,
         seeds=seed_list,
         random_subsets=random_subsets,
         progress=not quiet,

@@ -73,7 +73,14 @@ def period_scan(
         means = {c: v[classes == c].mean() for c in labels}
         between = sum((classes == c).sum() * (means[c] - v.mean()) ** 2 for c in labels)
         within = sum(((v[classes == c] - means[c]) ** 2).sum() for c in labels)
-        scores[p] = float("inf") if within == 0 else float((between / (g - 1)) / (within / (n - g)))
+        # an exactly p-periodic profile has no within-class variance: F = inf for p and its
+        # multiples, and the tie goes to the smallest (the period); a flat one explains nothing
+        if between <= 0:
+            scores[p] = 0.0
+        elif within <= 0:
+            scores[p] = float("inf")
+        else:
+            scores[p] = float((between / (g - 1)) / (within / (n - g)))
     best = max(scores, key=lambda p: (scores[p], -p)) if scores else None
     return {"F": scores, "period": best}
 
@@ -131,4 +138,3 @@ def translation_profiles(audit_dir: str | os.PathLike) -> dict[str, dict[str, An
             "influence_profile": [float(np.median(rho[n])) for _, n in inf_shifts],
         }
     return out
-

@@ -6,7 +6,8 @@ every arm:
 
 1. ``none``: train without augmentation and audit it on D4 (influence at the first step).
 2. select (`symaudit.diagnostics.augmentation.select_elements`): the elements g ≠ e whose
-   cross-influence ρ_g = median_i M^g_ii / M^e_ii is below the threshold τ; k of them.
+   cross-influence ρ_g = median_i M^g_ii / M^e_ii is below the rule's threshold (default
+   ``lowest:3``: the three least coupled); k of them.
 3. ``influence``: retrain with augmentation by those k elements (each sample transformed by
    one of {e} ∪ S, drawn uniformly; `symaudit.training.augment_subset`); ``random<r>``: the
    same with r = 0..R-1 distinct random k-subsets of the seven (seeded by s); ``d4``: all
@@ -37,14 +38,15 @@ __all__ = ["AUGMENT_PRESETS", "AugmentPreset", "augment", "augment_plan"]
 @dataclass(frozen=True)
 class AugmentPreset:
     """The augmentation comparison: data (as in a `StudyPreset`), one model plan, the seeds,
-    R random subsets per seed, the selection threshold τ and the D4 audit settings."""
+    R random subsets per seed, the selection rule (`symaudit.diagnostics.augmentation`) and
+    the D4 audit settings."""
 
     name: str
     data: StudyPreset  # its data settings only (families, grid, trajectories, snapshots)
     model: ModelPlan
     seeds: tuple[int, ...]
     random_subsets: int = 2
-    threshold: float = 0.5
+    rule: str = "lowest:3"
     per_family: int = 8
     test_batches: int = 1
     damping: str = "auto:1e-3"
@@ -58,8 +60,9 @@ class AugmentPreset:
             raise ValueError("an augmentation comparison needs at least one seed")
         if self.random_subsets < 0:
             raise ValueError(f"random_subsets must be >= 0, got {self.random_subsets}")
-        if not (0 < self.threshold):
-            raise ValueError(f"threshold must be > 0, got {self.threshold}")
+        from symaudit.diagnostics.augmentation import parse_rule
+
+        parse_rule(self.rule)  # validates
         arms = ("none", "influence", *(f"random{r}" for r in range(self.random_subsets)), "d4")
         object.__setattr__(self, "arms", arms)
 
@@ -116,10 +119,10 @@ AUGMENT_PRESETS: dict[str, AugmentPreset] = {
             ),
             model=ModelPlan("unet-small", epochs=12, batch_size=16, lr=3e-3),
             seeds=(0, 1),
-            random_subsets=2,
+            random_subsets=3,
             per_family=8,
             description="CPU: the demo's data at 32², unet-small as in the demo (12 epochs), "
-            "2 seeds × (none, influence, 2 random, d4); ~30 min on one core",
+            "2 seeds × (none, influence lowest:3, 3 random, d4); ~25 min CPU on one core",
         ),
     ]
 }
@@ -150,7 +153,7 @@ def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> li
         max_iter=preset.max_iter,
         rank=preset.rank,
     )
-    selection = {"threshold": preset.threshold, "random_subsets": preset.random_subsets}
+    selection = {"rule": preset.rule, "random_subsets": preset.random_subsets}
 
     for seed in preset.seeds:
         base = TrainConfig(
@@ -215,7 +218,7 @@ def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> li
 
                     atomic_write_json(
                         sel_path,
-                        choose_subsets(audit_dir, preset.threshold, preset.random_subsets, seed),
+                        choose_subsets(audit_dir, preset.rule, preset.random_subsets, seed),
                     )
 
                 units.append(
@@ -268,14 +271,14 @@ def augment(
     out: str | Path,
     *,
     device: str = "cpu",
-    threshold: float | None = None,
+    rule: str | None = None,
     seeds: tuple[int, ...] | None = None,
     random_subsets: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> ReproduceResult:
     """Run (or resume) the augmentation comparison ``preset`` under ``out`` (module
-    docstring); ``threshold``, ``seeds`` and ``random_subsets`` override the preset's.
+    docstring); ``rule``, ``seeds`` and ``random_subsets`` override the preset's.
     Returns which units ran; the table is ``out/compare/index.html``."""
     if isinstance(preset, str):
         if preset not in AUGMENT_PRESETS:
@@ -283,7 +286,7 @@ def augment(
         preset = AUGMENT_PRESETS[preset]
     changes = {
         k: v
-        for k, v in dict(threshold=threshold, seeds=seeds, random_subsets=random_subsets).items()
+        for k, v in dict(rule=rule, seeds=seeds, random_subsets=random_subsets).items()
         if v is not None
     }
     if changes:

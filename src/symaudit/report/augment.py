@@ -64,9 +64,7 @@ def augment_summary(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, An
                 "beats_random": (
                     float(np.mean([t["influence"] < x for x in rand])) if rand else None
                 ),
-                "gain_fraction": {
-                    a: (t["none"] - t[a]) / gain if gain != 0 else None for a in t
-                },
+                "gain_fraction": {a: (t["none"] - t[a]) / gain if gain != 0 else None for a in t},
             }
         )
 
@@ -107,7 +105,9 @@ def write_augment_report(out: Path, preset, *, device: str = "cpu") -> Path:
             name = f"{arm}-s{seed}"
             orbit = orbit_errors(out / "runs" / name, [out / "data" / "test"], device=device)
             rel = _rel(orbit)
-            rho = {g: float(np.median(v)) for g, v in cross_influence(out / "audits" / name).items()}
+            rho = {
+                g: float(np.median(v)) for g, v in cross_influence(out / "audits" / name).items()
+            }
             elements = (
                 []
                 if arm == "none"
@@ -135,15 +135,17 @@ def write_augment_report(out: Path, preset, *, device: str = "cpu") -> Path:
     summary = augment_summary(rows, list(preset.arms))
     data = {
         "preset": preset.to_dict(),
-        "selections": {str(s): {k: v for k, v in sel.items() if k != "per_state"}
-                       for s, sel in selections.items()},
+        "selections": {
+            str(s): {k: v for k, v in sel.items() if k != "per_state"}
+            for s, sel in selections.items()
+        },
         "rows": rows,
         "summary": summary,
     }
     final = out / "compare"
     with staged_dir(final) as build:
         atomic_write_json(build / "augment.json", data)
-        _figure(rows, list(preset.arms), preset.threshold, build)
+        _figure(rows, list(preset.arms), build)
         atomic_write_text(build / "index.html", _html(data, preset))
     return final / "index.html"
 
@@ -158,7 +160,7 @@ def _arm_colour(arm: str) -> str:
     return _ARM_COLOURS.get(arm, _RANDOM_COLOUR)
 
 
-def _figure(rows: list[dict], arms: list[str], threshold: float, out: Path) -> None:
+def _figure(rows: list[dict], arms: list[str], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -200,7 +202,6 @@ def _figure(rows: list[dict], arms: list[str], threshold: float, out: Path) -> N
         ax.set_xticks(range(8), D4_ORDER)
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel.split(' ')[0]} per element (mean over seeds)")
-    axes[2].axhline(threshold, color="k", ls=":", lw=1, label=f"threshold τ = {threshold:g}")
     axes[1].legend(fontsize=8)
     axes[2].legend(fontsize=8)
     fig.tight_layout()
@@ -232,15 +233,17 @@ def _html(data: dict, preset) -> str:
         f"<p>Preset <code>{e(preset.name)}</code>: {e(preset.model.preset)}, "
         f"{preset.model.epochs} epochs, batch {preset.model.batch_size} (same step budget "
         f"and seeds in every arm), seeds {e(', '.join(map(str, preset.seeds)))}. "
-        "Selection rule: augment by every g ≠ e whose cross-influence ρ<sub>g</sub> = "
+        "Selection: augment by the g ≠ e whose cross-influence ρ<sub>g</sub> = "
         "median<sub>i</sub> M<sup>g</sup><sub>ii</sub> / M<sup>e</sup><sub>ii</sub> in the "
-        f"audit of the un-augmented model is below τ = {preset.threshold:g}; random arms: "
+        f"audit of the un-augmented model is below the threshold of rule "
+        f"<code>{e(preset.rule)}</code> (below:T: ρ &lt; T; relative:T: ρ &lt; T × mean of "
+        "the seven; lowest:K: the K lowest); random arms: "
         "distinct random subsets of the same size. Augmented samples are transformed by an "
         "element drawn uniformly from {e} ∪ subset. Errors: one-step SMSE on every test "
         "transition divided by the persistence SMSE of its family, averaged over families; "
         "'transformed' = mean over the seven g ≠ e of E<sub>g</sub>.</p>",
         "<h2>Selections</h2><table><tr><th>seed</th><th>ρ<sub>g</sub> of the un-augmented "
-        "model</th><th>chosen (ρ &lt; τ)</th><th>random subsets</th></tr>",
+        "model</th><th>chosen</th><th>random subsets</th></tr>",
     ]
     for s, sel in data["selections"].items():
         scores = ", ".join(f"{g} {sel['scores'][g]:.3g}" for g in D4_ORDER if g in sel["scores"])
@@ -290,7 +293,7 @@ def _html(data: dict, preset) -> str:
         "<figure><img src='augment.svg' alt='augmentation comparison'><figcaption>Left: "
         "untransformed and D4-transformed relative error per arm, one point per seed. "
         "Middle: E<sub>g</sub> / persistence per element. Right: the cross-influence "
-        "ρ<sub>g</sub> of each arm's own audit, with the selection threshold. "
+        "ρ<sub>g</sub> of each arm's own audit. "
         "(<a href='augment.png'>PNG</a>, <a href='augment.svg'>SVG</a>; numbers in "
         "<a href='augment.json'>augment.json</a>)</figcaption></figure></body></html>"
     )

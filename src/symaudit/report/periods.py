@@ -43,12 +43,12 @@ def period_table(audit_dirs: Sequence[str | os.PathLike]) -> list[dict[str, Any]
                 },
                 "influence_F": inf["F"],
                 "influence_period": inf["period"],
-                "error_contrast": None if p is None else aligned_contrast(
-                    prof["shifts"], prof["error_profile"], p
-                ),
-                "influence_contrast": None if p is None else aligned_contrast(
-                    prof["influence_shifts"], prof["influence_profile"], p
-                ),
+                "error_contrast": None
+                if p is None
+                else aligned_contrast(prof["shifts"], prof["error_profile"], p),
+                "influence_contrast": None
+                if p is None
+                else aligned_contrast(prof["influence_shifts"], prof["influence_profile"], p),
             }
         rows.append(
             {
@@ -95,9 +95,7 @@ def _figure(rows: list[dict], out: Path) -> None:
                 for k in range(0, size + 1, p):
                     ax.axvline(k, color="k", ls=":", lw=0.7, alpha=0.6)
             ax.set_xlabel("shift (cells)")
-        measured = ", ".join(
-            f"{s[-1]}: {g['error_period']}" for s, g in row["groups"].items()
-        )
+        measured = ", ".join(f"{s[-1]}: {g['error_period']}" for s, g in row["groups"].items())
         axes[0, j].set_title(f"{row['name']} (p = {p}); measured {measured}", fontsize=9)
         axes[0, j].set_ylabel("mean log(E_s / E_0)")
         axes[1, j].set_ylabel("cross-influence median M^s_ii / M^e_ii")
@@ -153,4 +151,3 @@ def _html(rows: list[dict]) -> str:
         "<a href='periods.json'>periods.json</a>).</figcaption></figure></body></html>"
     )
     return "\n".join(p)
-
