@@ -30,7 +30,14 @@ from typing import Any
 
 from symaudit._io import atomic_write_json, check_output_dir
 from symaudit.pipeline.presets import ModelPlan, StudyPreset
-from symaudit.pipeline.run import ReproduceResult, Unit, plan, run_units
+from symaudit.pipeline.run import (
+    ReproduceResult,
+    Unit,
+    audit_unit,
+    plan,
+    run_units,
+    train_config,
+)
 
 __all__ = ["AUGMENT_PRESETS", "AugmentPreset", "augment", "augment_plan"]
 
@@ -134,8 +141,7 @@ def _name(arm: str, seed: int) -> str:
 
 def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     """The comparison's units in execution order (module docstring)."""
-    from symaudit.diagnostics.audit import run_audit
-    from symaudit.training import TrainConfig, train
+    from symaudit.training import train
 
     units = [u for u in plan(preset.data, out, device=device) if u.stage == "generate"]
     train_inputs = [u.name for u in units if u.name.startswith("generate/train/")]
@@ -156,18 +162,7 @@ def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> li
     selection = {"rule": preset.rule, "random_subsets": preset.random_subsets}
 
     for seed in preset.seeds:
-        base = TrainConfig(
-            model=mp.preset,
-            data=[str(out / "data" / "train")],
-            epochs=mp.epochs,
-            seed=seed,
-            batch_size=mp.batch_size,
-            lr=mp.lr,
-            val_fraction=d.val_fraction,
-            balance=d.balance,
-            device=device,
-            model_overrides=dict(mp.overrides),
-        )
+        base = train_config(d, mp, out, seed, device=device)
         sel_path = out / "selection" / f"s{seed}.json"
         for arm in preset.arms:
             name = _name(arm, seed)
@@ -189,26 +184,16 @@ def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> li
                 )
             )
 
-            def aud(run_dir=run_dir, audit_dir=audit_dir) -> None:
-                run_audit(
-                    run_dir,
-                    **audit_settings,
-                    out=audit_dir,
-                    test_data=[str(out / "data" / "test")],
-                    device=device,
-                    overwrite=True,
-                )
-
             units.append(
-                Unit(
-                    "audit",
-                    f"audit/{name}",
-                    audit_settings,
-                    [f"train/{name}", *test_inputs],
+                audit_unit(
+                    name,
+                    run_dir,
                     audit_dir,
+                    audit_settings,
+                    test_inputs,
                     preset.per_family * len(d.families) * 8 * res2 / 5e3,
-                    aud,
                     f"{arm} seed {seed}",
+                    device=device,
                 )
             )
             if arm == "none":

@@ -24,9 +24,17 @@ from typing import Any
 
 from symaudit._io import atomic_write_json, check_output_dir, tree_digests
 from symaudit.diagnostics.audit import settings_digest
-from symaudit.pipeline.presets import PRESETS, StudyPreset
+from symaudit.pipeline.presets import PRESETS, ModelPlan, StudyPreset
 
-__all__ = ["ReproduceResult", "Unit", "plan", "reproduce", "run_units"]
+__all__ = [
+    "ReproduceResult",
+    "Unit",
+    "audit_unit",
+    "plan",
+    "reproduce",
+    "run_units",
+    "train_config",
+]
 
 
 @dataclass
@@ -95,8 +103,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
 
     from symaudit.data import open_dataset
     from symaudit.data.generate import GenerationSettings, generate, merge_shards, partial_path
-    from symaudit.diagnostics.audit import run_audit
-    from symaudit.training import TrainConfig, train
+    from symaudit.training import train
 
     units: list[Unit] = []
     res2 = preset.resolution**2
@@ -154,18 +161,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     for mp in preset.models:
         for seed in preset.seeds:
             name = _model_name(mp.name or mp.preset, seed)
-            cfg = TrainConfig(
-                model=mp.preset,
-                data=[str(out / "data" / "train")],
-                epochs=mp.epochs,
-                seed=seed,
-                batch_size=mp.batch_size,
-                lr=mp.lr,
-                val_fraction=preset.val_fraction,
-                balance=preset.balance,
-                device=device,
-                model_overrides=dict(mp.overrides),
-            )
+            cfg = train_config(preset, mp, out, seed, device=device)
             run_dir = out / "runs" / name
             transitions = preset.train_trajectories * len(preset.families) * preset.snapshots
             units.append(
@@ -194,26 +190,16 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                 rank=preset.rank,
             )
 
-            def aud(run_dir=run_dir, audit_dir=audit_dir, s=audit_settings) -> None:
-                run_audit(
-                    run_dir,
-                    **s,
-                    out=audit_dir,
-                    test_data=[str(out / "data" / "test")],
-                    device=device,
-                    overwrite=True,
-                )
-
             units.append(
-                Unit(
-                    "audit",
-                    f"audit/{name}",
-                    audit_settings,
-                    [f"train/{name}", *test_inputs],
+                audit_unit(
+                    name,
+                    run_dir,
                     audit_dir,
+                    audit_settings,
+                    test_inputs,
                     preset.test_batches * preset.per_family * len(preset.groups) * res2 / 5e3,
-                    aud,
                     f"{mp.preset} seed {seed}",
+                    device=device,
                 )
             )
             audits.append(audit_dir)
@@ -230,6 +216,64 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
         )
     )
     return units
+
+
+def train_config(preset: StudyPreset, mp: ModelPlan, out: Path, seed: int, *, device: str = "cpu"):
+    """The `TrainConfig` of model plan ``mp`` of ``preset`` with ``seed``, on ``out/data/train``."""
+    from symaudit.training import TrainConfig
+
+    return TrainConfig(
+        model=mp.preset,
+        data=[str(out / "data" / "train")],
+        epochs=mp.epochs,
+        seed=seed,
+        batch_size=mp.batch_size,
+        lr=mp.lr,
+        val_fraction=preset.val_fraction,
+        balance=preset.balance,
+        device=device,
+        model_overrides=dict(mp.overrides),
+    )
+
+
+def audit_unit(
+    name: str,
+    run_dir: Path,
+    audit_dir: Path,
+    settings: dict[str, Any],
+    test_inputs: list[str],
+    cost: float,
+    label: str,
+    *,
+    device: str = "cpu",
+) -> Unit:
+    """The unit auditing run ``name`` (unit ``train/<name>``) with `run_audit` ``settings``
+    on the study's test data ``audit_dir/../../data/test`` (the generate units
+    ``test_inputs``)."""
+    from symaudit.diagnostics.audit import run_audit
+
+    test_dir = audit_dir.parent.parent / "data" / "test"
+
+    def work() -> None:
+        run_audit(
+            run_dir,
+            **settings,
+            out=audit_dir,
+            test_data=[str(test_dir)],
+            device=device,
+            overwrite=True,
+        )
+
+    return Unit(
+        "audit",
+        f"audit/{name}",
+        settings,
+        [f"train/{name}", *test_inputs],
+        audit_dir,
+        cost,
+        work,
+        label,
+    )
 
 
 def _influence_shifts(preset: StudyPreset) -> list[int]:

@@ -122,7 +122,7 @@ def _html(rows: list[dict]) -> str:
         "every shift s of the grid; influence profile: median over test states of "
         "M<sup>s</sup><sub>ii</sub> / M<sup>e</sup><sub>ii</sub> at the audit's influence "
         "shifts. Measured period: the divisor p of the grid size maximising the one-way "
-        "ANOVA ratio F(p) of the profile grouped by s mod p (docs/augment.md). Contrast: "
+        "ANOVA ratio F(p) of the profile grouped by s mod p (docs/ablation.md). Contrast: "
         "profile mean at non-zero shifts aligned with the natural period minus the mean at "
         "non-aligned shifts.</p><table><tr><th>model</th><th>natural period</th>"
         "<th>group</th><th>measured period (errors)</th><th>per family</th>"
