@@ -109,8 +109,10 @@ AUGMENT_PRESETS: dict[str, AugmentPreset] = {
             seeds=(0,),
             random_subsets=1,
             per_family=2,
-            rank=8,
-            max_iter=200,
+            # a large damping and a small sketch keep the four audits to seconds
+            damping="auto:1e-1",
+            rank=4,
+            max_iter=100,
             description="seconds-scale test of every step (models barely train)",
         ),
         AugmentPreset(
