@@ -173,7 +173,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                     run_dir,
                     mp.epochs * transitions * res2 / 4e6,
                     lambda cfg=cfg, run_dir=run_dir: train(cfg, run_dir, progress=False),
-                    f"{mp.preset} seed {seed}",
+                    f"{mp.name or mp.preset} seed {seed}",
                 )
             )
             audit_dir = out / "audits" / name
@@ -198,7 +198,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
                     audit_settings,
                     test_inputs,
                     preset.test_batches * preset.per_family * len(preset.groups) * res2 / 5e3,
-                    f"{mp.preset} seed {seed}",
+                    f"{mp.name or mp.preset} seed {seed}",
                     device=device,
                 )
             )

@@ -105,9 +105,12 @@ def write_augment_report(out: Path, preset, *, device: str = "cpu") -> Path:
             name = f"{arm}-s{seed}"
             orbit = orbit_errors(out / "runs" / name, [out / "data" / "test"], device=device)
             rel = _rel(orbit)
-            rho = {
-                g: float(np.median(v)) for g, v in cross_influence(out / "audits" / name).items()
-            }
+            audit = out / "audits" / name
+            rho = (
+                {g: float(np.median(v)) for g, v in cross_influence(audit).items()}
+                if (audit / "audit.json").exists()
+                else None  # not audited (`AugmentPreset.audit_random`)
+            )
             elements = (
                 []
                 if arm == "none"
@@ -129,7 +132,7 @@ def write_augment_report(out: Path, preset, *, device: str = "cpu") -> Path:
                     "untransformed": rel["e"],
                     "transformed": _mean_others(rel),
                     "influence": rho,
-                    "mean_influence": _mean_others(rho),
+                    "mean_influence": None if rho is None else _mean_others(rho),
                 }
             )
     summary = augment_summary(rows, list(preset.arms))
@@ -189,7 +192,9 @@ def _figure(rows: list[dict], arms: list[str], out: Path) -> None:
         (axes[2], "influence", "cross-influence ρ_g = M^g_ii / M^e_ii (median)"),
     ):
         for arm in arms:
-            rs = [r for r in rows if r["arm"] == arm]
+            rs = [r for r in rows if r["arm"] == arm and r[key] is not None]
+            if not rs:
+                continue
             vals = np.array([[r[key][g] for g in D4_ORDER] for r in rs])
             ax.plot(
                 range(8),
