@@ -184,8 +184,24 @@ def test_augment_command_compares_the_arms_and_resumes(tmp_path):
         assert row["transformed"] == pytest.approx(np.mean([rel[g] for g in rel if g != "e"]))
         assert row["untransformed"] == pytest.approx(rel["e"])
         assert f"{row['transformed']:.4g}" in page
+    q = data["summary"]["per_seed"][0]
+    t = {r["arm"]: r["transformed"] for r in data["rows"]}
+    assert q["delta_vs_random"] == pytest.approx(t["influence"] - t["random0"])
+    assert q["beats_random"] == float(t["influence"] < t["random0"])
+    gain = q["gain_fraction"]["influence"]
+    assert gain == pytest.approx((t["none"] - t["influence"]) / (t["none"] - t["d4"]))
     # rerun: nothing to do (a killed run resumes unit by unit: `symaudit.pipeline.run`)
     again = runner.invoke(
         app, ["augment", "--preset", "augment-micro", "--out", str(out), "--quiet"]
     )
     assert again.exit_code == 0 and "0 units ran" in again.output, again.output
+
+
+def test_spearman_of_influence_and_error():
+    from symaudit.report.augment import _spearman
+
+    rho = {"r": 0.1, "s": 0.3, "rs": 0.2, "r2": -0.1}
+    err = {"r": 2.0, "s": 1.0, "rs": 1.5, "r2": 3.0, "e": 0.5}  # e is left out
+    assert _spearman(rho, err) == pytest.approx(-1.0)
+    assert _spearman(rho, {g: -v for g, v in err.items()}) == pytest.approx(1.0)
+    assert _spearman(None, err) is None

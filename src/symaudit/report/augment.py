@@ -57,9 +57,13 @@ def augment_summary(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, An
         t = {a: at[(a, s)]["transformed"] for a in arms if (a, s) in at}
         rand = [t[a] for a in randoms if a in t]
         gain = t["none"] - t["d4"]
+        none = at.get(("none", s), {})
         per_seed.append(
             {
                 "seed": s,
+                # does low cross-influence mark the elements the un-augmented model gets
+                # wrong? Spearman over the seven g != e of rho_g against rel E_g
+                "spearman_influence_error": _spearman(none.get("influence"), none.get("rel_error")),
                 "delta_vs_random": t["influence"] - float(np.mean(rand)) if rand else None,
                 "beats_random": (
                     float(np.mean([t["influence"] < x for x in rand])) if rand else None
@@ -89,6 +93,17 @@ def augment_summary(rows: list[dict[str, Any]], arms: list[str]) -> dict[str, An
         "by_arm": by_arm,
         "random_pooled": spread(rand_all),
     }
+
+
+def _spearman(a: dict[str, float] | None, b: dict[str, float] | None) -> float | None:
+    """Spearman rank correlation of ``a[g]`` and ``b[g]`` over g != e (no ties expected in
+    continuous measurements; None if either is missing)."""
+    if not a or not b:
+        return None
+    keys = [g for g in D4_ORDER if g != "e" and g in a and g in b]
+    ra = np.argsort(np.argsort([a[g] for g in keys]))
+    rb = np.argsort(np.argsort([b[g] for g in keys]))
+    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def write_augment_report(out: Path, preset, *, device: str = "cpu") -> Path:
@@ -288,7 +303,8 @@ def _html(data: dict, preset) -> str:
         f"{_pm(b)}. Per seed: "
         + "; ".join(
             f"seed {q['seed']}: Δ {_f(q['delta_vs_random'], '.3g')}, gain fraction "
-            f"influence {_f(q['gain_fraction'].get('influence'), '.2f')}"
+            f"influence {_f(q['gain_fraction'].get('influence'), '.2f')}, Spearman(ρ<sub>g</sub>, "
+            f"E<sub>g</sub>) of the un-augmented model {_f(q['spearman_influence_error'], '.2f')}"
             for q in summary["per_seed"]
         )
         + " (gain fraction = (T<sub>none</sub> − T<sub>arm</sub>) / (T<sub>none</sub> − "
