@@ -10,7 +10,9 @@ from symaudit.cli._app import app
 # Each import below registers one command (or a few) on `app`.
 # (command modules are added here as they are written)
 from symaudit.cli import (  # noqa: E402,F401
+    ablation,
     audit,
+    augment,
     estimate,
     generate,
     models,

@@ -21,6 +21,9 @@ class ModelPlan:
     lr: float = 5e-4
     overrides: dict[str, Any] = field(default_factory=dict)
     rtol: float | None = None  # None: the paper's per-architecture default
+    # run/audit directory stem (default: the preset): tells apart plans of one preset with
+    # different overrides (e.g. the patch-size ablation's ViTs)
+    name: str | None = None
     # groups this model is audited on; None: the study's `StudyPreset.groups`
     groups: tuple[str, ...] | None = None
 

@@ -21,12 +21,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from symaudit._io import atomic_write_json, check_output_dir, json_digest, tree_digests
 from symaudit.pipeline.presets import PRESETS, ModelPlan, StudyPreset
 
-__all__ = ["ReproduceResult", "Unit", "plan", "reproduce"]
+if TYPE_CHECKING:
+    from symaudit.diagnostics.settings import AuditSettings
+
+__all__ = [
+    "ReproduceResult",
+    "Unit",
+    "audit_unit",
+    "plan",
+    "reproduce",
+    "run_units",
+    "train_config",
+]
 
 
 @dataclass
@@ -100,7 +111,7 @@ def plan(preset: StudyPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
     audits = []
     for mp in preset.models:
         for seed in preset.seeds:
-            run_dir = out / "runs" / _model_name(mp.preset, seed)
+            run_dir = out / "runs" / _model_name(mp.name or mp.preset, seed)
             units.append(_train_unit(preset, mp, seed, out, run_dir, train_inputs, device))
             units.append(_audit_unit(preset, mp, seed, out, run_dir, test_inputs, shifts, device))
             audits.append(units[-1].output)
@@ -166,18 +177,11 @@ def _generate(gs, path: Path) -> None:
     generate(gs, path, overwrite=path.exists())
 
 
-def _train_unit(
-    preset: StudyPreset,
-    mp: ModelPlan,
-    seed: int,
-    out: Path,
-    run_dir: Path,
-    inputs: list[str],
-    device: str,
-) -> Unit:
-    from symaudit.training import TrainConfig, train
+def train_config(preset: StudyPreset, mp: ModelPlan, out: Path, seed: int, *, device: str = "cpu"):
+    """The `TrainConfig` of model plan ``mp`` of ``preset`` with ``seed``, on ``out/data/train``."""
+    from symaudit.training import TrainConfig
 
-    cfg = TrainConfig(
+    return TrainConfig(
         model=mp.preset,
         data=[str(out / "data" / "train")],
         epochs=mp.epochs,
@@ -189,6 +193,20 @@ def _train_unit(
         device=device,
         model_overrides=dict(mp.overrides),
     )
+
+
+def _train_unit(
+    preset: StudyPreset,
+    mp: ModelPlan,
+    seed: int,
+    out: Path,
+    run_dir: Path,
+    inputs: list[str],
+    device: str,
+) -> Unit:
+    from symaudit.training import train
+
+    cfg = train_config(preset, mp, out, seed, device=device)
     transitions = preset.train_trajectories * len(preset.families) * preset.snapshots
     return Unit(
         stage="train",
@@ -198,7 +216,7 @@ def _train_unit(
         output=run_dir,
         cost=mp.epochs * transitions * preset.resolution**2 / 4e6,
         work=lambda: train(cfg, run_dir, progress=False),
-        label=f"{mp.preset} seed {seed}",
+        label=f"{mp.name or mp.preset} seed {seed}",
     )
 
 
@@ -212,7 +230,6 @@ def _audit_unit(
     shifts: list[int],
     device: str,
 ) -> Unit:
-    from symaudit.diagnostics.audit import run_audit
     from symaudit.diagnostics.settings import AuditSettings
 
     audit = AuditSettings(
@@ -226,23 +243,53 @@ def _audit_unit(
         cosine=preset.cosine,
         max_iter=preset.max_iter,
         rank=preset.rank,
-        test_data=[str(out / "data" / "test")],
     )
-    audit_dir = out / "audits" / run_dir.name
+    n_groups = len(mp.audit_groups(preset))
+    return audit_unit(
+        run_dir.name,
+        run_dir,
+        out / "audits" / run_dir.name,
+        audit,
+        test_inputs,
+        preset.test_batches * preset.per_family * n_groups * preset.resolution**2 / 5e3,
+        f"{mp.name or mp.preset} seed {seed}",
+        device=device,
+    )
+
+
+def audit_unit(
+    name: str,
+    run_dir: Path,
+    audit_dir: Path,
+    settings: AuditSettings | dict[str, Any],
+    test_inputs: list[str],
+    cost: float,
+    label: str,
+    *,
+    device: str = "cpu",
+) -> Unit:
+    """The unit auditing run ``name`` (unit ``train/<name>``) with ``settings`` (an
+    `AuditSettings` or its fields) on the study's test data ``audit_dir/../../data/test``
+    (the generate units ``test_inputs``). Settings are validated here, before any unit runs."""
+    from dataclasses import replace
+
+    from symaudit.diagnostics.audit import run_audit
+    from symaudit.diagnostics.settings import AuditSettings
+
+    if isinstance(settings, dict):
+        settings = AuditSettings(**settings)
+    test_dir = audit_dir.parent.parent / "data" / "test"
+    audit = replace(settings, test_data=[str(test_dir)])
     return Unit(
         stage="audit",
-        name=f"audit/{run_dir.name}",
+        name=f"audit/{name}",
         # the manifest's settings: run_audit's options but the (study-relative) test data
         settings=audit.options(exclude=("test_data", "metric_batch")),
-        inputs=[f"train/{run_dir.name}", *test_inputs],
+        inputs=[f"train/{name}", *test_inputs],
         output=audit_dir,
-        cost=preset.test_batches
-        * preset.per_family
-        * len(mp.audit_groups(preset))
-        * preset.resolution**2
-        / 5e3,
+        cost=cost,
         work=lambda: run_audit(run_dir, audit, out=audit_dir, device=device, overwrite=True),
-        label=f"{mp.preset} seed {seed}",
+        label=label,
     )
 
 
@@ -305,8 +352,6 @@ def reproduce(
 ) -> ReproduceResult:
     """Run (or resume) the study ``preset`` ("micro", "demo", "paper" or a `StudyPreset`)
     under ``out``; returns which units ran and which were skipped as unchanged."""
-    from symaudit._progress import progress_bar
-
     if isinstance(preset, str):
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -315,12 +360,29 @@ def reproduce(
     units = plan(preset, out, device=device)  # validates every setting: nothing written yet
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
+    result = run_units(units, out, progress=progress, log=log)
+    result.report = out / "report" / "index.html"
+    return result
+
+
+def run_units(
+    units: list[Unit],
+    out: Path,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    title: str = "reproduce",
+) -> ReproduceResult:
+    """Run ``units`` (in order, each after the units it reads) under ``out`` with the manifest
+    rules of the module docstring: skip the unchanged, redo the changed, resume the killed."""
+    from symaudit._progress import progress_bar
+
     result = ReproduceResult(out=out)
     digests: dict[str, str] = {}
     say = log or (lambda _m: None)
     bar = progress_bar(progress, count=False, stderr=True)
     with bar:
-        task = bar.add_task("reproduce", total=sum(u.cost for u in units))
+        task = bar.add_task(title, total=sum(u.cost for u in units))
         for i, unit in enumerate(units):
             digest = json_digest([unit.settings, [digests[n] for n in unit.inputs]])
             digests[unit.name] = digest
@@ -360,5 +422,4 @@ def reproduce(
             result.seconds[unit.name] = seconds
             say(f"{unit.name}: done in {seconds:.1f} s")
             bar.update(task, advance=unit.cost)
-    result.report = out / "report" / "index.html"
     return result

@@ -52,6 +52,7 @@ from symaudit.data.transitions import (
 from symaudit.errors import SymauditError
 from symaudit.groups import Dihedral4
 from symaudit.models import build_from_config, model_config
+from symaudit.training.augment_subset import check_augment_elements, d4_draw_elements
 from symaudit.training.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -99,7 +100,9 @@ class TrainConfig:
     docstring); 0 is plain SMSE. ``data_loading``: "memory" (all selected snapshots in RAM),
     "stream" (read each batch from the files, the next one prefetched: RAM bounded by the
     batch) or "auto" (stream above a quarter of the RAM); the same batches either way, so a
-    resume may change it.
+    resume may change it. ``augment_elements``: with a "d4" augmentation, the D4 elements
+    drawn from (uniformly, the identity always among them; `symaudit.training.augment_subset`);
+    None: all eight.
     """
 
     model: str = "unet-small"
@@ -120,6 +123,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     balance: float = 0.0
     data_loading: str = "auto"
+    augment_elements: list[str] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.data, str | os.PathLike):
@@ -146,9 +150,13 @@ class TrainConfig:
         if not (math.isfinite(self.balance) and self.balance >= 0):
             raise ValueError(f"balance must be a finite number >= 0, got {self.balance!r}")
         parse_snapshots(self.snapshots)  # validates
+        self.augment_elements = check_augment_elements(self.augment_elements, self.augment)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["augment_elements"] is None:  # absent: runs from before it keep their digests
+            del d["augment_elements"]
+        return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -182,7 +190,8 @@ def _draw_augmentations(
     config: TrainConfig, n: int, gen: torch.Generator, resolution: tuple[int, int]
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Per-sample D4 element indices `(n,)` and shifts `(n, 2)` for one epoch (or None)."""
-    d4 = torch.randint(8, (n,), generator=gen) if "d4" in config.augment else None
+    draws = 8 if config.augment_elements is None else 1 + len(config.augment_elements)
+    d4 = torch.randint(draws, (n,), generator=gen) if "d4" in config.augment else None
     shifts = None
     if "shift" in config.augment:
         shifts = torch.stack(
@@ -443,7 +452,12 @@ def _prepare(config: TrainConfig, out: Path, rank: int, world: int) -> _Run:
         loss_fn=SMSE(data.channel_rms).to(device),
         weights=weights,
         traj_weight=traj_weight,
-        elements=list(Dihedral4(data.layout)) if "d4" in config.augment else [],
+        # the D4 elements drawn from (all eight, or a chosen subset with the identity)
+        elements=(
+            d4_draw_elements(Dihedral4(data.layout), config.augment_elements)
+            if "d4" in config.augment
+            else []
+        ),
         model_config=mcfg,
         model=model,
         optimizer=optimizer,
