@@ -59,6 +59,7 @@ from symaudit.training.checkpoint import (
     save_checkpoint,
 )
 from symaudit.training.loss import SMSE
+from symaudit.training.schedule import CheckpointSchedule, KeptCheckpoints
 
 __all__ = [
     "AUGMENTATIONS",
@@ -322,6 +323,7 @@ def train(
     stop_after: int | None = None,
     stop_after_steps: int | None = None,
     log: Callable[[str], None] | None = None,
+    keep: str | CheckpointSchedule | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``out_dir``; returns the model and metrics history.
 
@@ -330,7 +332,9 @@ def train(
     from it (the settings must match, else `CheckpointError`). ``stop_after`` /
     ``stop_after_steps`` end this call after that many epochs / optimiser steps (a planned
     interruption, after any checkpoint due at that point). Uses the initialised
-    `torch.distributed` process group if there is one (see module docstring).
+    `torch.distributed` process group if there is one (see module docstring). ``keep``: a
+    checkpoint schedule (`symaudit.training.schedule`) whose steps are also saved under
+    ``out_dir/checkpoints/``.
     """
     out = check_output_dir(out_dir)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -374,6 +378,8 @@ def train(
             stale.unlink(missing_ok=True)
     if world > 1:
         dist.barrier()
+    fresh = not ckpt_path.exists()
+    kept = KeptCheckpoints.open(out, keep, steps_per_epoch, total_steps, fresh=fresh, write=rank == 0)
     mcfg = _resolve_model_config(config, data)
     torch.manual_seed(config.seed)
     model = build_from_config(mcfg).to(device=device, dtype=dtype)
@@ -406,9 +412,9 @@ def train(
         ids = [device.index] if device.type == "cuda" else None
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def save(epoch_done: int, batch: int, epoch_loss: float) -> None:
+    def save(epoch_done: int, batch: int, epoch_loss: float, path: Path = ckpt_path) -> None:
         save_checkpoint(
-            ckpt_path,
+            path,
             {
                 "model_config": mcfg,
                 "model_state": model.state_dict(),
@@ -427,6 +433,8 @@ def train(
             },
         )
 
+    if fresh and rank == 0 and kept.due(0):
+        save(0, 0, 0.0, kept.path(0))  # the initialisation
     bar = _progress(progress and rank == 0)
     epochs_run = samples_seen = steps_run = 0
     stopped = False
@@ -487,16 +495,15 @@ def train(
                 loss_sum += loss.detach().double()
                 bar.update(task, advance=1, description=f"epoch {epoch + 1}/{config.epochs}")
                 last_batch = b + 1 == steps_per_epoch
-                if (
-                    config.checkpoint_every
-                    and step % config.checkpoint_every == 0
-                    and not last_batch
-                ):
+                due = bool(config.checkpoint_every) and step % config.checkpoint_every == 0
+                if (due or kept.due(step)) and not last_batch:
                     partial = loss_sum.clone()
                     if world > 1:
                         dist.all_reduce(partial)
-                    if rank == 0:
+                    if rank == 0 and due:
                         save(epoch, b + 1, float(partial))
+                    if rank == 0 and kept.due(step):
+                        save(epoch, b + 1, float(partial), kept.path(step))
                     if world > 1:
                         dist.barrier()
                 if (
@@ -525,6 +532,8 @@ def train(
                 }
                 history.append(metrics)
                 save(epoch + 1, 0, 0.0)
+                if kept.due(step):
+                    save(epoch + 1, 0, 0.0, kept.path(step))
                 atomic_write_text(
                     out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in history)
                 )
