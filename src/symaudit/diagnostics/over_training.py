@@ -304,7 +304,10 @@ def training_curves(ot: OverTraining, group: str = "d4", damping: int = 0) -> di
     for rec in ot.audits:
         spec = _group_spec(rec, group)
         eqs = rec.equivariance[spec]
-        infs = [[inf, *sw][damping] for inf, sw in zip(rec.influence[spec], rec.sweep[spec], strict=True)]
+        infs = [
+            [inf, *sw][damping]
+            for inf, sw in zip(rec.influence[spec], rec.sweep[spec], strict=True)
+        ]
         err = torch.cat([e.error for e in eqs], dim=1).numpy()  # (|G|, N)
         dfc = torch.cat([e.defect for e in eqs], dim=1).numpy()
         fro = torch.cat([r.diagonal("frobenius") for r in infs], dim=1).numpy()

@@ -19,8 +19,9 @@ affected. Kills: every kept file is written atomically; a run resumed from its l
 checkpoint replays the steps after it and rewrites the kept checkpoints it passes (bitwise the
 same on CPU), so after the resumed run the directory holds exactly the scheduled steps. A
 resume with another schedule is refused (`CheckpointError`); a rerun without a schedule
-continues the recorded one. A fresh start (no ``checkpoint.pt`` yet) removes kept checkpoints that are
-not in its schedule (left by an earlier attempt that never got past them).
+continues the recorded one. A fresh start (no ``checkpoint.pt`` yet) removes kept
+checkpoints that are not in its schedule (left by an earlier attempt that never got past
+them).
 """
 
 from __future__ import annotations

@@ -379,7 +379,9 @@ def train(
     if world > 1:
         dist.barrier()
     fresh = not ckpt_path.exists()
-    kept = KeptCheckpoints.open(out, keep, steps_per_epoch, total_steps, fresh=fresh, write=rank == 0)
+    kept = KeptCheckpoints.open(
+        out, keep, steps_per_epoch, total_steps, fresh=fresh, write=rank == 0
+    )
     mcfg = _resolve_model_config(config, data)
     torch.manual_seed(config.seed)
     model = build_from_config(mcfg).to(device=device, dtype=dtype)
