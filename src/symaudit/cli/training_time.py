@@ -48,7 +48,9 @@ def training_report(
         typer.Argument(help="Over-training audits (symaudit audit --run RUN --checkpoints ...)."),
     ],
     out: Annotated[Path, typer.Option(help="Report directory (index.html, figure, JSON).")],
-    group: Annotated[str, typer.Option(help="Audited group to draw, e.g. d4.")] = "d4",
+    group: Annotated[
+        str | None, typer.Option(help="Audited group to draw (default: the first audited).")
+    ] = None,
 ) -> None:
     """E_g, D_g and the orbit influence of every element against the training step, per
     model, with the training loss on the same axis."""

@@ -150,16 +150,19 @@ def _draw(curves: list[dict], out: Path) -> dict[str, Any]:
 
 
 def build_training_time_report(
-    audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, group: str = "d4"
+    audit_dirs: Sequence[str | os.PathLike], out: str | os.PathLike, *, group: str | None = None
 ) -> Path:
     """Write the report (module docstring) for the over-training audits ``audit_dirs`` on
-    ``group`` into ``out`` (replaced as a whole); returns ``out/index.html``."""
+    ``group`` (default: the first audited group) into ``out`` (replaced as a whole); returns
+    ``out/index.html``."""
     final = check_output_dir(out)
     if final.is_dir() and any(final.iterdir()) and not (final / f"{FIGURE}.json").is_file():
         raise ValueError(f"{final} holds files but no training-time report: give a new directory")
     if not audit_dirs:
         raise ValueError("no over-training audits given")
-    curves = [training_curves(load_over_training(d), group) for d in audit_dirs]
+    loaded = [load_over_training(d) for d in audit_dirs]
+    group = group or loaded[0].index["settings"]["groups"][0]
+    curves = [training_curves(ot, group) for ot in loaded]
     with exclusive(final), staged_dir(final) as build:
         drawn = _draw(curves, build)
         numbers = {
