@@ -31,9 +31,9 @@ __all__ = ["TRAINING_TIME_PRESETS", "TrainingTimePreset", "run_training_time"]
 class TrainingTimePreset:
     """``study``: the `symaudit.pipeline.presets.PRESETS` entry whose data, models (those
     named in ``models``), training settings and test mini-batches are used; ``keep``: the
-    checkpoint schedule; ``groups``, ``damping``, ``cosine``: the audit of every checkpoint
-    (one damping: the λ rule is the same relative fraction of each checkpoint's own top
-    eigenvalue of eta)."""
+    checkpoint schedule; ``groups``, ``damping``, ``cosine``, ``per_family``: the audit of
+    every checkpoint (one damping: the λ rule is the same relative fraction of each
+    checkpoint's own top eigenvalue of eta)."""
 
     name: str
     study: str
@@ -42,6 +42,7 @@ class TrainingTimePreset:
     groups: tuple[str, ...] = ("d4",)
     damping: str = "auto:1e-3"
     cosine: bool = True
+    per_family: int | None = None  # test trajectories per mini-batch (None: the study's)
     description: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -65,8 +66,13 @@ TRAINING_TIME_PRESETS: dict[str, TrainingTimePreset] = {
             # 0, 1, 4, 16, 64, 256 (, 1024) steps + the final checkpoint: 7 (UNet, 12 epochs)
             # and 8 (ViT, 40 epochs) audits, dense where training moves fastest
             keep="steps:geometric:4",
-            # the cosine needs |G| x N more solves (every transformed state's norm): > 2 CPU
-            # minutes per UNet mini-batch here, 9x the Frobenius-only audit
+            # Measured on the untrained UNet (step 0): ~30 CG iterations per column at
+            # lambda = 1e-3 x top eigenvalue (<= 17 for the trained demo models), 135 s of solves
+            # per mini-batch of 8 on this loaded machine; the cosine needs |G| x N more
+            # columns. So: the demo's second damping (1e-2), 4 trajectories per family-pure
+            # mini-batch, Frobenius influence only.
+            damping="auto:1e-2",
+            per_family=4,
             cosine=False,
             description="CPU: the demo's UNet and ViT, D4 audits (Frobenius influence) of 7-8 "
             "checkpoints each (docs/training-time.md)",
@@ -140,7 +146,7 @@ def run_training_time(
             damping=preset.damping,
             rtol=mplan[cfg.model].rtol,
             test_batches=study.test_batches,
-            per_family=study.per_family,
+            per_family=preset.per_family or study.per_family,
             test_data=[str(data / "test")],
             cosine=preset.cosine,
             max_iter=study.max_iter,
