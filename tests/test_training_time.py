@@ -284,3 +284,21 @@ def test_milestones_time_the_half_way_points():
     curves["orbit"]["cosine"] = [None] * 5  # not computed: the Frobenius diagonal decides
     ms = milestones(curves)
     assert ms["coherence_measure"] == "frobenius" and ms["coherence_first"] is True
+
+
+def test_training_time_preset_trains_the_study_models_and_reports(micro_study, tmp_path):
+    from symaudit.pipeline.training_time import run_training_time
+
+    out = tmp_path / "tt"
+    page = run_training_time("micro", out, data=micro_study / "data", progress=False)
+    numbers = json.loads((page.parent / "training_time.json").read_text())
+    assert sorted(numbers["models"]) == ["unet-tiny", "vit-tiny"]
+    for name in ("unet-tiny-s0", "vit-tiny-s0"):
+        # the study's own training settings: the final model is the study's, bitwise
+        ours, info = load_checkpoint(out / "runs" / name / "checkpoint.pt")
+        theirs, _ = load_checkpoint(micro_study / "runs" / name / "checkpoint.pt")
+        assert torch.equal(_flat(ours), _flat(theirs))
+        steps = numbers["models"][name[:-3]]["curves"]["steps"]
+        assert steps == [0, 4, info.step]  # the preset's 0,4 + the final checkpoint
+    with pytest.raises(ValueError, match="unknown training-time preset"):
+        run_training_time("nope", out)

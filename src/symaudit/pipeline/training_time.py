@@ -56,8 +56,10 @@ TRAINING_TIME_PRESETS: dict[str, TrainingTimePreset] = {
             name="micro",
             study="micro",
             models=("unet-tiny", "vit-tiny"),
-            keep="steps:geometric:4",
-            description="seconds-scale smoke test",
+            keep="steps:0,4",
+            groups=("c4",),
+            cosine=False,
+            description="seconds-scale smoke test (3 checkpoints per model, C4)",
         ),
         TrainingTimePreset(
             name="demo",
