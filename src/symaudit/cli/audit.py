@@ -173,16 +173,17 @@ def audit(
             log=None if quiet else typer.echo,
         )
         return
+    do_audit = run_audit
     if checkpoints is not None:  # the same audit of every kept checkpoint
         from functools import partial
 
         from symaudit.diagnostics.over_training import audit_checkpoints
 
-        run_audit = partial(audit_checkpoints, checkpoints=checkpoints)  # noqa: F811
+        do_audit = partial(audit_checkpoints, checkpoints=checkpoints)
     try:
         with process_group(device) as joined:
             device, pg, rank_ = joined
-            path = run_audit(
+            path = do_audit(
                 run,
                 group,
                 out=out,
