@@ -71,6 +71,16 @@ def _element_colours(elements: list[str]) -> dict[str, str]:
     return {g: ("black" if g == "e" else cmap(i % 10)) for i, g in enumerate(elements)}
 
 
+def _tick_labels(steps: np.ndarray) -> list[str]:
+    """A label for every checkpoint tick but those crowding the next labelled one (closer
+    than a factor 1.5 on the log axis: 256 next to 312); the last is always labelled."""
+    labels, right = [""] * len(steps), None
+    for k in range(len(steps) - 1, -1, -1):
+        if right is None or steps[k] == 0 or right >= 1.5 * steps[k]:
+            labels[k], right = str(int(steps[k])), steps[k]
+    return labels
+
+
 def _draw(curves: list[dict], out: Path) -> dict[str, Any]:
     """The figure; returns per model and row the drawn lines {label: [y per step]}."""
     rows = [
@@ -134,7 +144,7 @@ def _draw(curves: list[dict], out: Path) -> dict[str, Any]:
             got[key]["_x"] = [float(x) for x in lines[-1].get_xdata()] if lines else []
             ax.set_ylabel(ylabel, fontsize=8)
             ax.set_xscale("symlog", linthresh=1)
-            ax.set_xticks(steps, [str(int(s)) for s in steps], fontsize=7)  # the checkpoints
+            ax.set_xticks(steps, _tick_labels(steps), fontsize=7)  # the checkpoints
             ax.grid(alpha=0.3)
             if j == len(curves) - 1 and key != "loss":
                 ax.legend(fontsize=6, ncol=2, loc="best")
@@ -184,9 +194,10 @@ def _verdict(ms: dict) -> str:
     if not e or e["half_way_step"] is None:
         return "the transformed error did not fall from the first to the last checkpoint"
     if not c or c["half_way_step"] is None:
+        moved = f" (it went from {c['first']:.3f} to {c['last']:.3f})" if c else ""
         return (
-            f"orbit coherence ({coh}) did not rise; the transformed error was half-way down "
-            f"at step {e['half_way_step']}"
+            f"orbit coherence ({coh}) did not rise{moved}; the transformed error was half-way "
+            f"down at step {e['half_way_step']}"
         )
     order = {True: "before", False: "after", None: "at the same checkpoint as"}[first]
     return (
