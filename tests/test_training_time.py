@@ -243,6 +243,9 @@ def test_report_numbers_are_the_audits_medians(audited, tmp_path):
         # the page prints the table's numbers
         assert f"{c['orbit']['log_error'][k]:.3f}" in page
         assert f"{c['orbit']['cosine'][k]:.3f}" in page
+    ms = numbers["models"]["unet-tiny"]["milestones"]
+    for key in ("log_error", "log_defect", "frobenius"):
+        assert f"{ms[key]['extreme']:.3f} at {ms[key]['extreme_step']}" in page
     # the figure drew exactly these values (read back from the artists)
     drawn = numbers["figure"]["unet-tiny"]
     assert drawn["error"]["r"] == pytest.approx([row[1] for row in c["median"]["error"]])
@@ -276,11 +279,14 @@ def test_milestones_time_the_half_way_points():
         1,
     ]
     assert ms["coherence_measure"] == "cosine" and ms["coherence_first"] is True
+    assert (ms["cosine"]["extreme"], ms["cosine"]["extreme_step"]) == (0.8, 4)  # first max
+    assert (ms["log_defect"]["extreme"], ms["log_defect"]["extreme_step"]) == (-3.0, 64)
     curves["orbit"]["cosine"] = [0.2, 0.2, 0.2, 0.3, 0.9]  # half-way at 64: after the error
     assert milestones(curves)["coherence_first"] is False
-    curves["orbit"]["cosine"] = [0.9, 0.5, 0.4, 0.3, 0.2]  # falls: no rise to time
+    curves["orbit"]["cosine"] = [0.6, 0.7, 0.5, 0.3, 0.2]  # a transient, then falls
     ms = milestones(curves)
     assert ms["cosine"]["half_way_step"] is None and ms["coherence_first"] is None
+    assert (ms["cosine"]["extreme"], ms["cosine"]["extreme_step"]) == (0.7, 1)
     curves["orbit"]["cosine"] = [None] * 5  # not computed: the Frobenius diagonal decides
     ms = milestones(curves)
     assert ms["coherence_measure"] == "frobenius" and ms["coherence_first"] is True

@@ -361,7 +361,8 @@ def _half_way(steps: list[int], values: list[float], direction: int) -> int | No
 def milestones(curves: dict[str, Any]) -> dict[str, Any]:
     """When each orbit quantity moved: the half-way step of the transformed error (mean log10
     E_g falling), the defect (mean log10 D_g falling) and the orbit coherence (median
-    Frobenius and cosine diagonal rising), with the values at the first and last checkpoint.
+    Frobenius and cosine diagonal rising), with the values at the first and last checkpoint
+    and the extreme one (lowest error or defect, highest coherence) and its step.
     ``coherence_first``: whether coherence (cosine if computed, else Frobenius) reached its
     half-way point at an earlier checkpoint than the transformed error (None: a tie at the
     same checkpoint, or a quantity that did not move that way)."""
@@ -377,10 +378,15 @@ def milestones(curves: dict[str, Any]) -> dict[str, Any]:
         if any(v is None for v in vals):
             out[key] = None
             continue
+        # the extreme (lowest error, highest coherence) and where: a transient the
+        # first-to-last change hides (coherence that peaks early and then falls)
+        k = int(np.argmax(np.asarray(vals) * direction))
         out[key] = {
             "first": vals[0],
             "last": vals[-1],
             "half_way_step": _half_way(steps, vals, direction),
+            "extreme": vals[k],
+            "extreme_step": steps[k],
         }
     coh = out["cosine"] or out["frobenius"]
     err = out["log_error"]

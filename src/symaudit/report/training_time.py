@@ -194,7 +194,12 @@ def _verdict(ms: dict) -> str:
     if not e or e["half_way_step"] is None:
         return "the transformed error did not fall from the first to the last checkpoint"
     if not c or c["half_way_step"] is None:
-        moved = f" (it went from {c['first']:.3f} to {c['last']:.3f})" if c else ""
+        moved = (
+            f" (it went from {c['first']:.3f} to {c['last']:.3f}, highest {c['extreme']:.3f} "
+            f"at step {c['extreme_step']})"
+            if c
+            else ""
+        )
         return (
             f"orbit coherence ({coh}) did not rise{moved}; the transformed error was half-way "
             f"down at step {e['half_way_step']}"
@@ -220,10 +225,11 @@ def _page(numbers: dict) -> str:
         "non-identity elements; coherence: median diagonal over them). Its resolution is "
         "the spacing of the checkpoints.</p>",
         "<h2>When does the orbit become coherent?</h2><table><tr><th>model</th>"
-        "<th>mean log10 E_g: first → last (half-way step)</th>"
-        "<th>mean log10 D_g: first → last (half-way step)</th>"
-        "<th>Frobenius diagonal: first → last (half-way step)</th>"
-        "<th>cosine diagonal: first → last (half-way step)</th><th>reading</th></tr>",
+        "<th>mean log10 E_g: first → last (half-way step); min at step</th>"
+        "<th>mean log10 D_g: first → last (half-way step); min at step</th>"
+        "<th>Frobenius diagonal: first → last (half-way step); max at step</th>"
+        "<th>cosine diagonal: first → last (half-way step); max at step</th>"
+        "<th>reading</th></tr>",
     ]
     for model, v in numbers["models"].items():
         ms = v["milestones"]
@@ -234,7 +240,9 @@ def _page(numbers: dict) -> str:
                 "<td>–</td>"
                 if m is None
                 else f"<td class='num'>{_fmt(m['first'], '.3f')} → {_fmt(m['last'], '.3f')} "
-                f"({_e(m['half_way_step'] if m['half_way_step'] is not None else 'no')})</td>"
+                f"({_e(m['half_way_step'] if m['half_way_step'] is not None else 'no')}); "
+                f"{'min' if key.startswith('log') else 'max'} {_fmt(m['extreme'], '.3f')} at "
+                f"{m['extreme_step']}</td>"
             )
         p.append(f"<tr><td>{_e(model)}</td>{''.join(cells)}<td>{_e(_verdict(ms))}</td></tr>")
     p.append("</table>")
