@@ -16,6 +16,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import test_training
 from symaudit import models
 from symaudit.cli import app
 from symaudit.diagnostics.audit import AuditError
@@ -27,34 +28,15 @@ from symaudit.diagnostics.over_training import (
 )
 from symaudit.training import CheckpointError, TrainConfig, load_checkpoint, train
 from symaudit.training.schedule import CheckpointSchedule, kept_steps
-from test_transitions import write_smooth_dataset
+from test_training import _config as _base_config
+from test_training import _flat
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("data")
-    write_smooth_dataset(d / "a.h5", n=10, t=6, h=16, seed=0)
-    write_smooth_dataset(d / "b.h5", n=6, t=6, h=16, seed=1)
-    return d
+data_dir = test_training.data_dir  # the same module fixture (two tiny "IC families")
 
 
 def _config(data_dir: Path, **kw) -> TrainConfig:
-    # 11 training trajectories x 5 transitions = 55, batch 8: 6 steps per epoch
-    base = dict(
-        model="unet-tiny",
-        data=[str(data_dir)],
-        epochs=2,
-        batch_size=8,
-        lr=1e-2,
-        val_fraction=0.25,
-        seed=0,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _flat(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+    # 11 training trajectories x 5 transitions = 55, batch 8: 6 steps per epoch, 2 epochs
+    return _base_config(data_dir, **{"epochs": 2, **kw})
 
 
 def test_schedule_points_are_the_stated_sequences():
@@ -109,18 +91,14 @@ def test_sigkilled_run_resumes_to_exactly_the_scheduled_checkpoints(data_dir, tm
     scheduled = CheckpointSchedule.parse(keep).steps(6, 18)
     assert list(kept_steps(reference)) == scheduled
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-c", "from symaudit.cli import main; main()", "train"]
-    cmd += ["--model", cfg.model, "--data", str(data_dir), "--out", str(run)]
-    cmd += ["--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--val-fraction", "0.25"]
-    cmd += ["--keep", keep, "--quiet"]
+    args = ["train", "--model", cfg.model, "--data", str(data_dir), "--out", str(run)]
+    args += ["--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--val-fraction", "0.25"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = run / "metrics.jsonl"
-    deadline = time.monotonic() + 60
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert proc.poll() is None, proc.stdout.read().decode()
-        assert time.monotonic() < deadline, "training subprocess made no progress"
-        time.sleep(0.02)
+    main = [sys.executable, "-c", "from symaudit.cli import main; main()"]
+    proc = subprocess.Popen([*main, *args, "--keep", keep, "--quiet"], env=env)
+    # kill once step 8 (epoch 2, batch 2) is kept: after epoch 1's checkpoint, so the resume
+    # replays (and must rewrite) a kept checkpoint written after the last regular one
+    _wait_for(lambda: 8 in kept_steps(run), proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     _, info = load_checkpoint(run / "checkpoint.pt")
@@ -129,7 +107,7 @@ def test_sigkilled_run_resumes_to_exactly_the_scheduled_checkpoints(data_dir, tm
     # a temporary file a kill can leave beside a kept checkpoint
     stale = kept_steps(run)[0] / ".checkpoint.pt.x1y2.tmp"
     stale.write_bytes(b"half a checkpoint")
-    done = subprocess.run(cmd[:-3] + ["--quiet"], env=env, capture_output=True, text=True)
+    done = subprocess.run([*main, *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr  # without --keep: the recorded one
     assert "resuming" in done.stdout
     assert list(kept_steps(run)) == scheduled
@@ -141,6 +119,15 @@ def test_sigkilled_run_resumes_to_exactly_the_scheduled_checkpoints(data_dir, tm
     ours, _ = load_checkpoint(run / "checkpoint.pt")
     theirs, _ = load_checkpoint(reference / "checkpoint.pt")
     assert torch.equal(_flat(ours), _flat(theirs))
+
+
+def _wait_for(ready, proc: subprocess.Popen, seconds: float = 60) -> None:
+    """Poll ``ready()`` until true; fail if ``proc`` ends or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert proc.poll() is None, f"training subprocess ended with {proc.returncode}"
+        assert time.monotonic() < deadline, "training subprocess made no progress"
+        time.sleep(0.01)
 
 
 def test_a_resume_cannot_change_the_schedule(data_dir, tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from symaudit._io import atomic_write_json, check_output_dir, tree_digests
+from symaudit._io import atomic_write_json, check_output_dir, read_tagged_json, tree_digests
 from symaudit.diagnostics.audit import AuditError, AuditRecord, load_audit, settings_digest
 
 __all__ = [
@@ -117,15 +117,7 @@ def select_checkpoints(points: list[TrainingPoint], spec: str) -> list[TrainingP
 
 
 def _read_index(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise AuditError(f"{path}: unreadable: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise AuditError(f"{path}: not a symaudit over-training audit index")
-    return data
+    return read_tagged_json(path, _FORMAT, AuditError, "over-training audit index")
 
 
 def _complete(audit_dir: Path) -> bool:

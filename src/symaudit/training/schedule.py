@@ -26,7 +26,6 @@ them).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -34,7 +33,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from symaudit._io import atomic_write_json
+from symaudit._io import atomic_write_json, read_tagged_json
 from symaudit.training.checkpoint import CheckpointError
 
 __all__ = [
@@ -199,12 +198,4 @@ class KeptCheckpoints:
 
 
 def _read_record(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint schedule: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise CheckpointError(f"{path}: not a symaudit checkpoint schedule")
-    return data
+    return read_tagged_json(path, _FORMAT, CheckpointError, "checkpoint schedule")
