@@ -39,6 +39,7 @@ __all__ = [
     "file_sha256",
     "json_digest",
     "load_result_payload",
+    "read_tagged_json",
     "payload_digest",
     "prepare_stage",
     "replace_dir",
@@ -342,3 +343,21 @@ def load_result_payload(
         found = meta.get("format") if isinstance(meta, dict) else None
         raise error(f"{path}: unknown format {found!r} (expected {fmt!r})")
     return payload, meta
+
+
+def read_tagged_json(
+    path: str | os.PathLike, fmt: str, error: type[Exception], what: str
+) -> dict | None:
+    """The JSON object in ``path`` whose ``"format"`` is ``fmt``; None if there is no file.
+    Unreadable JSON or another format raises ``error`` naming the file and ``what`` it
+    should have been."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise error(f"{path}: unreadable {what}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path}: not a symaudit {what}")
+    return data

@@ -19,6 +19,7 @@ from symaudit.cli import (  # noqa: E402,F401
     report,
     reproduce,
     train,
+    training_time,
 )
 
 __all__ = ["app", "main"]

@@ -115,6 +115,13 @@ def audit(
             "over them, each holds 1/NPROC of it (with --run)."
         ),
     ] = 1,
+    checkpoints: Annotated[
+        str | None,
+        typer.Option(
+            help="With --run: audit the run's kept checkpoints (train --keep) and its final "
+            "one, each into OUT/step-<S>: all, every:K (every K-th) or steps 0,4,16."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress output.")] = False,
 ) -> None:
     """Audit RUN (or any PyTorch model: --model FILE.py:FACTORY --test-data FILE) for every
@@ -164,10 +171,17 @@ def audit(
             model, (weights, trust_weights), layout, settings, out, **foreign, **run_options
         )
         return
+    do_audit = run_audit
+    if checkpoints is not None:  # the same audit of every kept checkpoint
+        from functools import partial
+
+        from symaudit.diagnostics.over_training import audit_checkpoints
+
+        do_audit = partial(audit_checkpoints, checkpoints=checkpoints)
     try:
         with process_group(device) as joined:
             device, pg, rank_ = joined
-            path = run_audit(
+            path = do_audit(
                 run, settings, out=out, **{**run_options, "device": device}, process_group=pg
             )
     except (AuditError, GroupError, ValueError) as exc:

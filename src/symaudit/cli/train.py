@@ -73,6 +73,13 @@ def train(
             "prefetched; RAM bounded by the batch) or auto (stream above 1/4 of the RAM)."
         ),
     ] = "auto",
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            help="Also keep the checkpoints of a schedule in OUT/checkpoints/: "
+            "[steps:|epochs:]geometric[:R] (0, 1, R, R^2, ...), every:K, or a list 0,1,5."
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
 ) -> None:
     """Train an autoregressive emulator with SMSE and Adam; checkpoint every epoch.
@@ -108,7 +115,7 @@ def train(
                 data_loading=data_loading,
                 balance=balance,
             )
-            result = run(config, out, progress=not quiet, log=typer.echo)
+            result = run(config, out, progress=not quiet, log=typer.echo, keep=keep)
         except (ValueError, KeyError, DatasetError, CheckpointError) as exc:
             typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
             raise typer.Exit(code=2) from None

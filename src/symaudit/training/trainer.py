@@ -62,6 +62,7 @@ from symaudit.training.checkpoint import (
     save_checkpoint,
 )
 from symaudit.training.loss import SMSE
+from symaudit.training.schedule import CheckpointSchedule, KeptCheckpoints
 
 __all__ = [
     "AUGMENTATIONS",
@@ -332,6 +333,7 @@ def train(
     stop_after: int | None = None,
     stop_after_steps: int | None = None,
     log: Callable[[str], None] | None = None,
+    keep: str | CheckpointSchedule | None = None,
 ) -> TrainResult:
     """Train (or resume) the run in ``out_dir``; returns the model and metrics history.
 
@@ -340,7 +342,9 @@ def train(
     from it (the settings must match, else `CheckpointError`). ``stop_after`` /
     ``stop_after_steps`` end this call after that many epochs / optimiser steps (a planned
     interruption, after any checkpoint due at that point). Uses the initialised
-    `torch.distributed` process group if there is one (see module docstring).
+    `torch.distributed` process group if there is one (see module docstring). ``keep``: a
+    checkpoint schedule (`symaudit.training.schedule`) whose steps are also saved under
+    ``out_dir/checkpoints/``.
 
     The steps, in order: `_prepare` (data, loss weights, model, optimiser), `_resume` (from
     the checkpoint, if any), `_wrap_ddp`, then per epoch `_run_epoch` (per batch
@@ -351,7 +355,13 @@ def train(
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     say = log if (log is not None and rank == 0) else (lambda _m: None)
     r = _prepare(config, out, rank, world)
+    fresh = not r.ckpt_path.exists()
+    r.kept = KeptCheckpoints.open(
+        out, keep, r.steps_per_epoch, r.total_steps, fresh=fresh, write=rank == 0
+    )
     start = _resume(r, say)
+    if fresh and rank == 0 and r.kept.due(0):
+        _save_checkpoint(r, 0, 0, 0.0, r.kept.path(0))  # the initialisation
     r.ddp = _wrap_ddp(r.model, r.device, world)
     return _train_epochs(r, start, progress, stop_after, stop_after_steps, say)
 
@@ -377,6 +387,7 @@ class _Run:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     ddp: nn.Module | None = None
+    kept: KeptCheckpoints | None = None  # the checkpoint schedule's copies
     history: list[dict[str, Any]] = field(default_factory=list)
     step: int = 0
 
@@ -573,8 +584,9 @@ def _run_epoch(
         loss_sum += loss.detach().double()
         advance()
         last_batch = b + 1 == r.steps_per_epoch
-        if cfg.checkpoint_every and r.step % cfg.checkpoint_every == 0 and not last_batch:
-            _save_mid_epoch(r, epoch, b + 1, loss_sum)
+        due = bool(cfg.checkpoint_every) and r.step % cfg.checkpoint_every == 0
+        if (due or r.kept.due(r.step)) and not last_batch:
+            _save_mid_epoch(r, epoch, b + 1, loss_sum, due)
         if stop_after_steps is not None and counts.steps >= stop_after_steps and not last_batch:
             return loss_sum, True
     return loss_sum, False
@@ -615,10 +627,13 @@ def _train_step(r: _Run, x, y, idx, epoch: int, batch: int) -> torch.Tensor:
     return loss
 
 
-def _save_checkpoint(r: _Run, epoch_done: int, batch: int, epoch_loss: float) -> None:
-    """Everything a resume needs, written atomically to the run's checkpoint."""
+def _save_checkpoint(
+    r: _Run, epoch_done: int, batch: int, epoch_loss: float, path: Path | None = None
+) -> None:
+    """Everything a resume needs, written atomically to the run's checkpoint (or ``path``:
+    a copy the checkpoint schedule keeps)."""
     save_checkpoint(
-        r.ckpt_path,
+        r.ckpt_path if path is None else path,
         {
             "model_config": r.model_config,
             "model_state": r.model.state_dict(),
@@ -638,13 +653,18 @@ def _save_checkpoint(r: _Run, epoch_done: int, batch: int, epoch_loss: float) ->
     )
 
 
-def _save_mid_epoch(r: _Run, epoch: int, batch: int, loss_sum: torch.Tensor) -> None:
-    """A checkpoint inside ``epoch`` after ``batch`` batches (``checkpoint_every``)."""
+def _save_mid_epoch(
+    r: _Run, epoch: int, batch: int, loss_sum: torch.Tensor, resume_point: bool
+) -> None:
+    """A checkpoint inside ``epoch`` after ``batch`` batches: the run's own
+    (``resume_point``: ``checkpoint_every`` is due) and/or the schedule's copy."""
     partial = loss_sum.clone()
     if r.world > 1:
         dist.all_reduce(partial)
-    if r.rank == 0:
+    if r.rank == 0 and resume_point:
         _save_checkpoint(r, epoch, batch, float(partial))
+    if r.rank == 0 and r.kept.due(r.step):
+        _save_checkpoint(r, epoch, batch, float(partial), r.kept.path(r.step))
     if r.world > 1:
         dist.barrier()
 
@@ -660,6 +680,8 @@ def _end_epoch(
         metrics = _epoch_metrics(r, epoch, train_loss, t0)
         r.history.append(metrics)
         _save_checkpoint(r, epoch + 1, 0, 0.0)
+        if r.kept.due(r.step):
+            _save_checkpoint(r, epoch + 1, 0, 0.0, r.kept.path(r.step))
         atomic_write_text(r.out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in r.history))
         say(
             f"epoch {epoch + 1}/{r.config.epochs}: train {train_loss:.4g}, "
