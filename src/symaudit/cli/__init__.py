@@ -11,6 +11,8 @@ from symaudit.cli._app import app
 # (command modules are added here as they are written)
 from symaudit.cli import (  # noqa: E402,F401
     audit,
+    boosts,
+    check_data,
     estimate,
     generate,
     models,

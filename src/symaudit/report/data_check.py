@@ -1,0 +1,137 @@
+"""The check-data page: the data generator's own symmetry, as the floor of model E_g.
+
+`build_check_page(out, result)` writes ``check.json``, a figure of the paired solver defect per
+element (``check_paired.png``/``.svg``) and ``index.html``; `check_rows` gives the table's
+numbers (tests compare them with ``check.json``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from symaudit._io import atomic_write_json, atomic_write_text  # noqa: E402
+from symaudit.report.boosts import _fmt, _save_fig  # noqa: E402
+from symaudit.report.html import _CSS  # noqa: E402
+
+__all__ = ["build_check_page", "check_rows"]
+
+
+def check_rows(result: dict) -> tuple[list[dict], list[dict]]:
+    """(paired rows, statistical rows): one paired row per (file, element); one statistical
+    row per (file, group spec, element) with its largest |z| over snapshots and features."""
+    paired, stat = [], []
+    for f in result["files"]:
+        name = Path(f["file"]).name
+        for spec, rows in (f.get("paired") or {}).get("groups", {}).items():
+            for el, r in rows.items():
+                paired.append({"file": name, "group": spec, "element": el, **r})
+        for spec, s in f["statistical"].items():
+            by_el: dict[str, dict] = {}
+            for r in s["rows"]:
+                cur = by_el.get(r["element"])
+                if cur is None or abs(r["z"]) > abs(cur["z"]):
+                    by_el[r["element"]] = r
+            for el, r in by_el.items():
+                stat.append(
+                    {
+                        "file": name,
+                        "group": spec,
+                        "element": el,
+                        "time": r["time"],
+                        "feature": r["feature"],
+                        "z": r["z"],
+                        "threshold": s["threshold"],
+                        "relative": r["relative"],
+                        "noise": r["noise"],
+                        "flag": s["flagged"][el],
+                    }
+                )
+    return paired, stat
+
+
+def _figure(paired: list[dict], out: Path) -> bool:
+    if not paired:
+        return False
+    files = sorted({r["file"] for r in paired})
+    width = max(4.0, 0.2 * len(paired) / len(files))
+    fig, axes = plt.subplots(1, len(files), figsize=(width * len(files), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], files, strict=True):
+        rows = [r for r in paired if r["file"] == name]
+        vals = [max(r["defect"], 1e-30) for r in rows]
+        ax.bar(range(len(rows)), vals, color=["#c33" if r["broken"] else "#4a4" for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylim(1e-31, max(vals) * 10)
+        ax.set_xticks(range(len(rows)), [r["element"] for r in rows], rotation=90, fontsize=6)
+        ax.set_title(f"{name}: solver D_g (0 drawn at 1e-30)", fontsize=9)
+    _save_fig(fig, out, "check_paired")
+    return True
+
+
+def build_check_page(out: str | os.PathLike, result: dict) -> Path:
+    """Write ``check.json``, the figure and ``index.html`` into ``out``; return the page."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "check.json", result)
+    paired, stat = check_rows(result)
+    has_fig = _figure(paired, out)
+    s = result["settings"]
+    body = [
+        "<h1>The data generator's own symmetry</h1>",
+        "<p>The floor under a model's transformed error: a model's E<sub>g</sub> − E<sub>e</sub> "
+        "is only meaningful above the generator's D<sub>g</sub> (paired check).</p>",
+        "<h2>Paired: solver re-run from g·x<sub>t</sub> against g·S(x<sub>t</sub>)</h2>",
+        f"<p>D<sub>g</sub> = SMSE(S(g x<sub>t</sub>), g S(x<sub>t</sub>)) in the file's SMSE "
+        f"units, median over {s['trajectories']} trajectories at snapshot {s['step']}; broken "
+        f"when above {s['tolerance']:g}. 'error' compares S(g x<sub>t</sub>) with the stored "
+        "g x<sub>t+1</sub> (at e: how well the file is reproduced).</p>",
+    ]
+    if has_fig:
+        body.append('<figure><img src="check_paired.png" alt="paired defects"></figure>')
+    pcols = ["file", "group", "element", "defect", "defect_max", "error", "broken"]
+    scols = [
+        "file",
+        "group",
+        "element",
+        "time",
+        "feature",
+        "z",
+        "threshold",
+        "relative",
+        "noise",
+        "flag",
+    ]
+    for title, rows, cols in (
+        ("", paired, pcols),
+        (
+            "<h2>Statistical: distribution of g·x against x</h2><p>Per element the feature of "
+            "largest |z| (paired t-statistic over trajectories; threshold: Bonferroni at "
+            f"α = {s['alpha']:g}); 'relative' = |mean difference| / mean |feature|, 'noise' its "
+            "standard error: the noise floor for this many trajectories.</p>",
+            stat,
+            scols,
+        ),
+    ):
+        if title:
+            body.append(title)
+        if not rows:
+            body.append("<p>(not run)</p>")
+            continue
+        body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
+        for r in rows:
+            bad = r.get("broken") or r.get("flag")
+            cls = ' class="not-reproduced"' if bad else ""
+            body.append(
+                f"<tr{cls}>" + "".join(f'<td class="num">{_fmt(r[c])}</td>' for c in cols) + "</tr>"
+            )
+        body.append("</table>")
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>symaudit check-data</title>"
+        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    )
+    return atomic_write_text(out / "index.html", page)
