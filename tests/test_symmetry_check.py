@@ -190,3 +190,23 @@ def test_cli_check_data(micro_file, tmp_path):
         ],
     )
     assert r.exit_code == 2 and "whole number of cells" in r.output
+
+
+def test_model_errors_next_to_the_floor(micro_study, tmp_path):
+    from symaudit.diagnostics.audit import load_audit
+    from symaudit.report.data_check import build_check_page, floor_rows
+
+    res = check_files([micro_study / "data" / "test" / "ce-rp.h5"], groups=["d4"], trajectories=2)
+    rec = load_audit(micro_study / "audits" / "unet-tiny-s0")
+    rows = floor_rows(res, [rec])
+    assert {r["element"] for r in rows} == set(groups.Dihedral4(LAYOUT).names)
+    k = [p["family"] for p in rec.meta["pieces"]["d4"]].index("ce-rp")
+    eq = rec.equivariance["d4"][k]
+    for r in (r for r in rows if r["group"] == "d4"):  # shift groups hold "e" too
+        i = eq.index(r["element"])
+        assert r["model E_g"] == float(eq.error[i].median())
+        assert r["generator D_g (floor)"] == 0.0
+    build_check_page(tmp_path, res, [rec])
+    back = json.loads((tmp_path / "check.json").read_text())
+    assert back["model_vs_floor"] == rows
+    assert f"{rows[1]['model E_g']:.3g}" in (tmp_path / "index.html").read_text()

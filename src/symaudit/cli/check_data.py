@@ -35,6 +35,10 @@ def check_data(
         int | None, typer.Option(help="Block-average other formats to N x N (statistical only).")
     ] = None,
     alpha: Annotated[float, typer.Option(help="False-alarm rate of the statistical flags.")] = 1e-3,
+    audit: Annotated[
+        list[Path] | None,
+        typer.Option(help="Audit directory, repeatable: table its E_g against the floor."),
+    ] = None,
 ) -> None:
     """Measure how symmetric the data generator is: re-run our solver from paired transformed
     states (D4, shifts, boosts), and compare the distribution of transformed snapshots with the
@@ -56,7 +60,9 @@ def check_data(
         alpha=alpha,
         log=typer.echo,
     )
-    page = build_check_page(out, result)
+    from symaudit.diagnostics.audit import load_audit
+
+    page = build_check_page(out, result, [load_audit(a) for a in audit or []])
     pairs, stats = check_rows(result)
     broken = sorted({f"{r['file']}:{r['element']}" for r in pairs if r["broken"]})
     flagged = sorted({f"{r['file']}:{r['element']}" for r in stats if r["flag"]})

@@ -115,6 +115,9 @@ def check_files(
         say(f"{path.name}: statistical check over {n} trajectories x {t} snapshots")
         stat_groups = [(s, from_spec(s, data.layout, resolution=hw)) for s in groups]
         entry["statistical"] = {}
+        if n < 3:  # no standard error from fewer samples: say so instead of guessing
+            say(f"{path.name}: {n} trajectories, too few for the statistical check (>= 3)")
+            stat_groups = []
         for spec, g in stat_groups:
             res = distribution_asymmetry(fields, g, times=times, alpha=alpha)
             entry["statistical"][spec] = {

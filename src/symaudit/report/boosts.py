@@ -57,13 +57,16 @@ def _figure(study: dict, out: Path) -> None:
                 if key not in cur:
                     continue
                 pts = [(c, v) for c, v in zip(cur["speeds"], cur[key], strict=True) if c > 0]
+                colour = COLOURS.get(mdl["architecture"], "#555")
                 ax.loglog(
                     [p[0] for p in pts],
                     [max(p[1], 1e-30) for p in pts],
                     "o-",
-                    color=COLOURS.get(mdl["architecture"], "#555"),
+                    color=colour,
                     label=mdl["preset"],
                 )
+                if key == "error":  # E(0), the unboosted error, as the reference level
+                    ax.axhline(cur["error"][0], color=colour, ls=":", lw=1)
             flo = study.get("floor", {}).get(fam)
             if flo and key in ("error", "defect"):
                 cur = flo["curves"]
@@ -79,6 +82,7 @@ def _figure(study: dict, out: Path) -> None:
             ax.grid(True, which="both", alpha=0.3)
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
+    fig.tight_layout()
     _save_fig(fig, out, "boosts")
 
 
@@ -122,8 +126,8 @@ def build_boost_page(study_dir: str | os.PathLike) -> Path:
         "The dashed line is the solver's own D(c) on the same initial states: the data are "
         "only frame-invariant to that level, so E(c) − E(0) below it says nothing about the "
         "model.</p>",
-        '<figure><img src="boosts.png" alt="boost response"><figcaption>Rows: E, D, '
-        "|1 − I|; columns: families; log–log.</figcaption></figure>",
+        '<figure><img src="boosts.png" alt="boost response"><figcaption>Rows: E (dotted: '
+        "E(0)), D, |1 − I|; columns: families; log–log.</figcaption></figure>",
         "<h2>Small-speed exponents (linear-response regime)</h2>",
         "<p>Exponent fitted on the three smallest speeds; 'holds to' is the largest speed up to "
         "which every local log–log slope stays within ±0.25 of it. Linear response predicts "

@@ -19,7 +19,7 @@ from symaudit._io import atomic_write_json, atomic_write_text  # noqa: E402
 from symaudit.report.boosts import _fmt, _save_fig  # noqa: E402
 from symaudit.report.html import _CSS  # noqa: E402
 
-__all__ = ["build_check_page", "check_rows"]
+__all__ = ["build_check_page", "check_rows", "floor_rows"]
 
 
 def check_rows(result: dict) -> tuple[list[dict], list[dict]]:
@@ -55,6 +55,39 @@ def check_rows(result: dict) -> tuple[list[dict], list[dict]]:
     return paired, stat
 
 
+def floor_rows(result: dict, audits: list) -> list[dict]:
+    """Model E_g and D_g (medians over the audit's test states of that family) next to the
+    generator's D_g floor, for every audited element the paired check also measured.
+    ``audits``: `symaudit.diagnostics.audit.AuditRecord` objects."""
+    floor: dict[tuple[str, str], float] = {}
+    for f in result["files"]:
+        for rows in (f.get("paired") or {}).get("groups", {}).values():
+            for el, r in rows.items():
+                floor[(f["family"], el)] = r["defect"]
+    out = []
+    for rec in audits:
+        for spec, eqs in rec.equivariance.items():
+            for k, eq in enumerate(eqs):
+                fam = rec.meta["pieces"][spec][k]["family"]
+                e0 = float(eq.error[eq.index("e")].median()) if "e" in eq.elements else None
+                for i, el in enumerate(eq.elements):
+                    if (fam, el) not in floor:
+                        continue
+                    out.append(
+                        {
+                            "model": rec.model,
+                            "family": fam,
+                            "group": spec,
+                            "element": el,
+                            "model E_g": float(eq.error[i].median()),
+                            "model E_e": e0,
+                            "model D_g": float(eq.defect[i].median()),
+                            "generator D_g (floor)": floor[(fam, el)],
+                        }
+                    )
+    return out
+
+
 def _figure(paired: list[dict], out: Path) -> bool:
     if not paired:
         return False
@@ -73,11 +106,13 @@ def _figure(paired: list[dict], out: Path) -> bool:
     return True
 
 
-def build_check_page(out: str | os.PathLike, result: dict) -> Path:
-    """Write ``check.json``, the figure and ``index.html`` into ``out``; return the page."""
+def build_check_page(out: str | os.PathLike, result: dict, audits: list | None = None) -> Path:
+    """Write ``check.json``, the figure and ``index.html`` into ``out``; return the page. With
+    ``audits`` (`AuditRecord` list), a table puts each model's E_g over the generator floor."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "check.json", result)
+    floors = floor_rows(result, audits or [])
+    atomic_write_json(out / "check.json", {**result, "model_vs_floor": floors})
     paired, stat = check_rows(result)
     has_fig = _figure(paired, out)
     s = result["settings"]
@@ -106,8 +141,17 @@ def build_check_page(out: str | os.PathLike, result: dict) -> Path:
         "noise",
         "flag",
     ]
+    fcols = list(floors[0]) if floors else []
     for title, rows, cols in (
         ("", paired, pcols),
+        (
+            "<h2>Models against the floor</h2><p>Median over each audit's test states of that "
+            "family. A model's E<sub>g</sub> − E<sub>e</sub> or D<sub>g</sub> below the "
+            "generator's "
+            "D<sub>g</sub> cannot be told from the data's own asymmetry.</p>",
+            floors,
+            fcols,
+        ),
         (
             "<h2>Statistical: distribution of g·x against x</h2><p>Per element the feature of "
             "largest |z| (paired t-statistic over trajectories; threshold: Bonferroni at "
@@ -120,7 +164,7 @@ def build_check_page(out: str | os.PathLike, result: dict) -> Path:
         if title:
             body.append(title)
         if not rows:
-            body.append("<p>(not run)</p>")
+            body.append("<p>(not run)</p>" if title else "<p>(no paired check)</p>")
             continue
         body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
         for r in rows:
