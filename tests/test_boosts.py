@@ -63,11 +63,25 @@ def test_exactly_equivariant_map_has_zero_defect_at_every_speed(states, steps, m
     assert res.speeds.tolist() == pytest.approx([k / steps for k in multiples])
     # float64 round-off of (1 + w) K_c x vs K_c (1 + w) x, O(1) fields: SMSE ~ (1e-15)^2
     assert res.defect.max() < 1e-26
+    assert res.kick_defect.max() < 1e-26
     # its own output is the target: E = D
     torch.testing.assert_close(res.error, res.defect, rtol=0, atol=1e-26)
     # the identity map is not boost-equivariant (the target is displaced by c T N cells)
     ident = boost_response(nn.Identity(), loss, (x, x), group, steps=steps, influence=False)
     assert (ident.defect[1:] > 1e-3).all()
+
+
+def test_kick_defect_equals_defect_for_a_shift_equivariant_model(states):
+    # a circular-padding convolution commutes with every whole-cell shift, so comparing at the
+    # same grid position changes nothing: D_kick = D up to float64 round-off
+    x, loss = states
+    torch.manual_seed(1)
+    conv = nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular").double()
+    group = boost_group(LAYOUT, N, DT, steps=2, multiples=[0, 1, 3])
+    y = Rollout(conv, 2)(x).detach()
+    res = boost_response(conv, loss, (x, y), group, steps=2, influence=False)
+    assert (res.defect[1:] > 1e-6).all()  # a generic conv is not boost-equivariant
+    torch.testing.assert_close(res.kick_defect, res.defect, rtol=1e-10, atol=1e-26)
 
 
 def test_influence_ratio_is_one_at_rest_and_cosine_bounded(states):

@@ -22,8 +22,10 @@ from symaudit._io import atomic_torch_save, atomic_write_json, check_output_dir
 from symaudit.diagnostics.audit import AuditError, _load_test_set, default_rtol, settings_digest
 from symaudit.diagnostics.boosts import (
     BoostResponse,
+    Rollout,
     boost_group,
     boost_response,
+    kick_defects,
     linear_regime,
 )
 
@@ -32,7 +34,12 @@ __all__ = ["BOOST_MULTIPLES", "QUANTITIES", "run_boost_study"]
 #: default boost multiples k (speeds k * c_min): a geometric ladder from the smallest boost
 BOOST_MULTIPLES = (0, 1, 2, 4, 8, 16, 32)
 #: curves whose small-speed exponent is fitted, with the exponent linear response predicts
-QUANTITIES = {"defect": "1 (shocks) to 2 (smooth)", "influence_change": "1", "cosine_deficit": "2"}
+QUANTITIES = {
+    "defect": "1 (shocks) to 2 (smooth)",
+    "kick_defect": "1 (shocks) to 2 (smooth)",
+    "influence_change": "1",
+    "cosine_deficit": "2",
+}
 
 
 def _load_piece(path: Path, digest: str) -> BoostResponse | None:
@@ -49,6 +56,14 @@ def _load_piece(path: Path, digest: str) -> BoostResponse | None:
 
 def _save_piece(path: Path, digest: str, res: BoostResponse) -> None:
     atomic_torch_save({"digest": digest, "response": res.to_payload()}, path)
+
+
+def _add_kick(res: BoostResponse, f, loss, x0, group, path: Path, digest: str) -> None:
+    """Pieces written before D_kick existed get it added (forward passes only) and re-saved;
+    the group is in ascending speed order like the piece (`boost_group` sorts multiples)."""
+    if res.kick_defect is None:
+        res.kick_defect = kick_defects(f, loss, x0, group, res.settings["eq"])
+        _save_piece(path, digest, res)
 
 
 def _regimes(curves: dict) -> dict:
@@ -174,6 +189,8 @@ def run_boost_study(
                 res.settings["seconds"] = time.perf_counter() - t0
                 _save_piece(path, digest, res)
                 say(f"{run.name} {fam}: done in {res.settings['seconds']:.1f} s")
+            f = model if m == 1 else Rollout(model, m)
+            _add_kick(res, f, loss, batch[0], group, path, digest)
             curves = res.curves()
             entry["families"][fam] = {
                 "curves": curves,
@@ -215,6 +232,8 @@ def _floor(out: Path, fam: str, batch, group, m: int, dt: float, rms, settings, 
         )
         res.settings["seconds"] = time.perf_counter() - t0
         _save_piece(path, digest, res)
+    x0 = batch[0].double()
+    _add_kick(res, SolverStep(dt, steps=m), SMSE(rms), x0, group, path, digest)
     curves = res.curves()
     return {
         "curves": curves,

@@ -13,11 +13,18 @@ SMSE(f^m(x_0), x_m)). m = 1 is the paper's one-step audit.
 
     E(c)  = SMSE(f^m(K_c x_0), T_(c m dt) K_c x_m)           transformed error
     D(c)  = SMSE(f^m(K_c x_0), T_(c m dt) K_c f^m(x_0))      equivariance defect
+    D_kick(c) = SMSE(f^m(K_c x_0), K_c f^m(T_(c m dt) x_0))  kick defect
     I(c)  = M^(g_c)_ii / M^e_ii                              raw self-influence ratio (-> 1)
     1 - cos(c)  (optional)                                   cosine-normalised deficit
 
 and, with the solver as the model (`symaudit.data.symmetry_check.SolverStep`), the same D(c)
 of the data generator: the floor below which E(c) - E(0) says nothing about the model.
+
+D_kick compares two outputs whose solutions sit at the same place on the grid (the solver
+satisfies S(K_c x) = K_c S(T_(c T) x) as well, since T and K commute): it removes the model's
+non-equivariance to the whole-cell displacement itself (a ViT's patch grid, a UNet's
+down-sampling), which D(c) contains and which does not vanish as c -> 0 because the smallest
+boost already moves the solution by one cell. D_kick = D for a shift-equivariant model.
 
 Linear response: the first-order change of f^m(K_c x) in c makes |1 - I(c)| ∝ c and
 1 - cos(c) ∝ c^2 (the cosine is stationary at c = 0). D(c) ∝ c^2 for smooth responses, but
@@ -45,6 +52,7 @@ __all__ = [
     "Rollout",
     "boost_group",
     "boost_response",
+    "kick_defects",
     "linear_regime",
     "local_exponents",
     "min_boost_speed",
@@ -112,7 +120,7 @@ class BoostResponse:
     Attributes:
         speeds: `(K,)` |c| (Euclidean norm of the boost velocity).
         elements: element names (length K).
-        error, defect: `(K, N)` E(c), D(c).
+        error, defect, kick_defect: `(K, N)` E(c), D(c), D_kick(c).
         influence_ratio: `(K, N)` M^(g_c)_ii / M^e_ii, or None without influence.
         cosine: `(K, N)` cosine-normalised self-influence, or None.
         settings: steps, dt, model checksum, damping, solver residuals, ...
@@ -122,6 +130,7 @@ class BoostResponse:
     elements: list[str]
     error: torch.Tensor
     defect: torch.Tensor
+    kick_defect: torch.Tensor | None = None
     influence_ratio: torch.Tensor | None = None
     cosine: torch.Tensor | None = None
     settings: dict = field(default_factory=dict)
@@ -131,6 +140,8 @@ class BoostResponse:
         ``influence_change`` = |1 - I(c)|, ``cosine_deficit`` = 1 - cos(c)."""
         med = lambda t: t.median(dim=1).values.tolist()  # noqa: E731
         out = {"speeds": self.speeds.tolist(), "error": med(self.error), "defect": med(self.defect)}
+        if self.kick_defect is not None:
+            out["kick_defect"] = med(self.kick_defect)
         if self.influence_ratio is not None:
             out["influence_change"] = med((1.0 - self.influence_ratio).abs())
         if self.cosine is not None:
@@ -145,6 +156,8 @@ class BoostResponse:
             "defect": self.defect,
             "settings": self.settings,
         }
+        if self.kick_defect is not None:
+            d["kick_defect"] = self.kick_defect
         if self.influence_ratio is not None:
             d["influence_ratio"] = self.influence_ratio
         if self.cosine is not None:
@@ -158,6 +171,7 @@ class BoostResponse:
             elements=list(d["elements"]),
             error=d["error"],
             defect=d["defect"],
+            kick_defect=d.get("kick_defect"),
             influence_ratio=d.get("influence_ratio"),
             cosine=d.get("cosine"),
             settings=dict(d.get("settings", {})),
@@ -200,6 +214,7 @@ def boost_response(
         raise GroupError("the boost group must contain the identity (multiple 0)")
     f = model if steps == 1 else Rollout(model, steps)
     eq = equivariance_error(f, batch, group, loss, device=device, dtype=dtype, progress=progress)
+    kick = kick_defects(f, loss, batch[0], group, eq.settings)
     speeds = torch.tensor([math.hypot(*g.velocity) for g in group], dtype=torch.float64)
     settings = {"steps": steps, "eq": eq.settings, "group": group.describe()}
     ratio = cos = None
@@ -234,10 +249,35 @@ def boost_response(
         elements=[names[i] for i in order.tolist()],
         error=pick(eq.error),
         defect=pick(eq.defect),
+        kick_defect=pick(kick),
         influence_ratio=pick(ratio),
         cosine=pick(cos),
         settings=settings,
     )
+
+
+def kick_defects(f: nn.Module, loss: SMSE, x: torch.Tensor, group, placed: dict) -> torch.Tensor:
+    """`(K, N)` D_kick = SMSE(f(K_c x), K_c f(T_(c T) x)) for every boost of ``group`` (in
+    group order), on the device and dtype `equivariance_error` used (``placed``: its
+    settings, keys "device" and "dtype")."""
+    from symaudit.groups._actions import translate
+
+    dev, dt = torch.device(placed["device"]), getattr(torch, placed["dtype"])
+    x = x.to(device=dev, dtype=dt)
+    was = f.training
+    f.eval()
+    try:
+        with torch.no_grad():
+            out = torch.empty(len(group), x.shape[0], dtype=torch.float64)
+            for i, g in enumerate(group):
+                kx, ky = g.boost_cells(x.shape[-2], x.shape[-1])
+                k0 = g.at_time(0.0)
+                pred = f(k0(x))
+                ref = k0(f(translate(x, kx, ky)))
+                out[i] = loss.per_sample(pred, ref).double().cpu()
+    finally:
+        f.train(was)
+    return out
 
 
 def local_exponents(speeds: Sequence[float], values: Sequence[float]) -> list[float | None]:
