@@ -210,3 +210,31 @@ def test_model_errors_next_to_the_floor(micro_study, tmp_path):
     back = json.loads((tmp_path / "check.json").read_text())
     assert back["model_vs_floor"] == rows
     assert f"{rows[1]['model E_g']:.3g}" in (tmp_path / "index.html").read_text()
+
+
+def test_floor_is_reexpressed_in_the_models_units():
+    from types import SimpleNamespace
+
+    from symaudit.diagnostics.equivariance import EquivarianceResult
+    from symaudit.report.data_check import floor_rows
+
+    # per-channel msd (1, 4, 4, 9) against a model rms (1, 2, 2, 3): SMSE = mean(1, 1, 1, 1)
+    result = {
+        "files": [
+            {
+                "family": "f",
+                "paired": {"groups": {"d4": {"r": {"defect_msd": [[1.0, 4.0, 4.0, 9.0]]}}}},
+            }
+        ]
+    }
+    eq = EquivarianceResult(
+        ["e", "r"],
+        torch.zeros(2, 1),
+        torch.zeros(2, 1),
+        settings={"channel_rms": [1.0, 2.0, 2.0, 3.0], "num_states": 1},
+    )
+    rec = SimpleNamespace(
+        model="m", equivariance={"d4": [eq]}, meta={"pieces": {"d4": [{"family": "f"}]}}
+    )
+    (row,) = floor_rows(result, [rec])
+    assert row["generator D_g (floor)"] == 1.0 and row["element"] == "r"

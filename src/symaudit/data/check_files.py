@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from symaudit.data.symmetry_check import SolverStep, distribution_asymmetry
-from symaudit.diagnostics.equivariance import EquivarianceResult, equivariance_error
 from symaudit.groups import Group, from_spec
 from symaudit.training.loss import SMSE
 
@@ -43,21 +42,44 @@ def paired_check(
     loss: SMSE,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
-) -> tuple[EquivarianceResult, dict[str, dict]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     """D_g and E_g of a generator module (e.g. `SolverStep`) on transitions ``batch``
-    `(N, C, H, W)` x 2, in float64, and per element {"defect": median D_g, "error": median
-    SMSE(S(g x_t), g x_t+1), "broken": median D_g > tolerance}."""
-    eq = equivariance_error(generator, batch, group, loss, dtype=torch.float64)
+    `(N, C, H, W)` x 2, in float64.
+
+    Returns ``(msd, rows)``: ``msd["defect"]``, ``msd["error"]`` `(|G|, N, C)` the per-channel
+    mean squared differences of S(g x_t) against g S(x_t) and against the stored g x_t+1 (so
+    the floor can be re-expressed in any model's SMSE units: mean_c msd_c / rms_c^2), and per
+    element {"defect": median D_g, "defect_max", "error": median E_g, "broken": median D_g >
+    tolerance} in the units of ``loss``."""
+    x, y = (t.to(torch.float64) for t in batch)
+    weights = 1.0 / loss.channel_rms.to(torch.float64).square()
+    was = generator.training
+    generator.eval()
+    out = {"defect": [], "error": []}
+    try:
+        with torch.no_grad():
+            sx = generator(x)
+            for g in group:
+                gx, gy = g.transition(x, y)
+                pred = generator(gx)
+                out["defect"].append((pred - g(sx)).square().mean((-2, -1)))
+                out["error"].append((pred - gy).square().mean((-2, -1)))
+    finally:
+        generator.train(was)
+    msd = {k: torch.stack(v).cpu() for k, v in out.items()}
     rows = {}
-    for i, name in enumerate(eq.elements):
-        d = float(eq.defect[i].median())
-        rows[name] = {
-            "defect": d,
-            "defect_max": float(eq.defect[i].max()),
-            "error": float(eq.error[i].median()),
-            "broken": d > tolerance,
+    for i, g in enumerate(group):
+        d = (msd["defect"][i] * weights).mean(-1)
+        rows[g.name] = {
+            "defect": float(d.median()),
+            "defect_max": float(d.max()),
+            "error": float((msd["error"][i] * weights).mean(-1).median()),
+            "broken": float(d.median()) > tolerance,
+            # (N, C) per state and channel: re-weighted by a model's rms, its floor in that
+            # model's SMSE units (`symaudit.report.data_check.floor_rows`)
+            "defect_msd": msd["defect"][i].tolist(),
         }
-    return eq, rows
+    return msd, rows
 
 
 def _is_ours(meta: dict) -> bool:

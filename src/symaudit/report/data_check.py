@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,18 +58,20 @@ def check_rows(result: dict) -> tuple[list[dict], list[dict]]:
 
 def floor_rows(result: dict, audits: list) -> list[dict]:
     """Model E_g and D_g (medians over the audit's test states of that family) next to the
-    generator's D_g floor, for every audited element the paired check also measured.
-    ``audits``: `symaudit.diagnostics.audit.AuditRecord` objects."""
-    floor: dict[tuple[str, str], float] = {}
+    generator's D_g floor re-expressed in the model's SMSE units (its ``channel_rms``), for
+    every audited element the paired check also measured. ``audits``:
+    `symaudit.diagnostics.audit.AuditRecord` objects."""
+    floor: dict[tuple[str, str], torch.Tensor] = {}
     for f in result["files"]:
         for rows in (f.get("paired") or {}).get("groups", {}).values():
             for el, r in rows.items():
-                floor[(f["family"], el)] = r["defect"]
+                floor[(f["family"], el)] = torch.tensor(r["defect_msd"], dtype=torch.float64)
     out = []
     for rec in audits:
         for spec, eqs in rec.equivariance.items():
             for k, eq in enumerate(eqs):
                 fam = rec.meta["pieces"][spec][k]["family"]
+                w = 1.0 / torch.tensor(eq.settings["channel_rms"], dtype=torch.float64).square()
                 e0 = float(eq.error[eq.index("e")].median()) if "e" in eq.elements else None
                 for i, el in enumerate(eq.elements):
                     if (fam, el) not in floor:
@@ -82,7 +85,9 @@ def floor_rows(result: dict, audits: list) -> list[dict]:
                             "model E_g": float(eq.error[i].median()),
                             "model E_e": e0,
                             "model D_g": float(eq.defect[i].median()),
-                            "generator D_g (floor)": floor[(fam, el)],
+                            "generator D_g (floor)": float(
+                                (floor[(fam, el)] * w).mean(-1).median()
+                            ),
                         }
                     )
     return out
