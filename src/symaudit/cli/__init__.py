@@ -13,6 +13,8 @@ from symaudit.cli import (  # noqa: E402,F401
     ablation,
     audit,
     augment,
+    boosts,
+    check_data,
     estimate,
     generate,
     models,
