@@ -15,9 +15,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from symaudit._io import atomic_write_json, check_output_dir
 from symaudit.pipeline.presets import PRESETS, ModelPlan, StudyPreset
-from symaudit.pipeline.run import ReproduceResult, Unit, plan, run_units
+from symaudit.pipeline.run import ReproduceResult, Unit, named_preset, plan, run_planned
 
 __all__ = ["PATCH_PRESETS", "patch_ablation", "patch_plan"]
 
@@ -100,15 +99,14 @@ def patch_ablation(
 ) -> ReproduceResult:
     """Run (or resume) the patch-size ablation ``preset`` ("patches", "patches-micro" or a
     `StudyPreset` of ViTs) under ``out``; the page is ``out/periods/index.html``."""
-    if isinstance(preset, str):
-        if preset not in PATCH_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PATCH_PRESETS)}")
-        preset = PATCH_PRESETS[preset]
-    out = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
-    result = run_units(
-        patch_plan(preset, out, device=device), out, progress=progress, log=log, title="patches"
+    preset = named_preset(preset, PATCH_PRESETS)
+    return run_planned(
+        patch_plan,
+        preset,
+        out,
+        "periods/index.html",
+        device=device,
+        progress=progress,
+        log=log,
+        title="patches",
     )
-    result.report = out / "periods" / "index.html"
-    return result

@@ -28,14 +28,15 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from symaudit._io import atomic_write_json, check_output_dir
+from symaudit._io import atomic_write_json
 from symaudit.pipeline.presets import ModelPlan, StudyPreset
 from symaudit.pipeline.run import (
     ReproduceResult,
     Unit,
     audit_unit,
+    named_preset,
     plan,
-    run_units,
+    run_planned,
     train_config,
 )
 
@@ -276,10 +277,7 @@ def augment(
     """Run (or resume) the augmentation comparison ``preset`` under ``out`` (module
     docstring); ``rule``, ``seeds`` and ``random_subsets`` override the preset's.
     Returns which units ran; the table is ``out/compare/index.html``."""
-    if isinstance(preset, str):
-        if preset not in AUGMENT_PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(AUGMENT_PRESETS)}")
-        preset = AUGMENT_PRESETS[preset]
+    preset = named_preset(preset, AUGMENT_PRESETS)
     changes = {
         k: v
         for k, v in dict(rule=rule, seeds=seeds, random_subsets=random_subsets).items()
@@ -287,11 +285,13 @@ def augment(
     }
     if changes:
         preset = replace(preset, **changes)
-    out = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
-    result = run_units(
-        augment_plan(preset, out, device=device), out, progress=progress, log=log, title="augment"
+    return run_planned(
+        augment_plan,
+        preset,
+        out,
+        "compare/index.html",
+        device=device,
+        progress=progress,
+        log=log,
+        title="augment",
     )
-    result.report = out / "compare" / "index.html"
-    return result

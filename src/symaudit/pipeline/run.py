@@ -35,6 +35,8 @@ __all__ = [
     "audit_unit",
     "plan",
     "reproduce",
+    "named_preset",
+    "run_planned",
     "run_units",
     "train_config",
 ]
@@ -352,16 +354,42 @@ def reproduce(
 ) -> ReproduceResult:
     """Run (or resume) the study ``preset`` ("micro", "demo", "paper" or a `StudyPreset`)
     under ``out``; returns which units ran and which were skipped as unchanged."""
-    if isinstance(preset, str):
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        preset = PRESETS[preset]
+    preset = named_preset(preset, PRESETS)
+    return run_planned(
+        plan, preset, out, "report/index.html", device=device, progress=progress, log=log
+    )
+
+
+def named_preset(preset, presets: dict):
+    """``preset`` itself, or the preset of that name in ``presets`` (else a ValueError
+    naming the choices)."""
+    if not isinstance(preset, str):
+        return preset
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    return presets[preset]
+
+
+def run_planned(
+    plan_fn: Callable[..., list[Unit]],
+    preset,
+    out: str | Path,
+    page: str,
+    *,
+    device: str = "cpu",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    title: str = "reproduce",
+) -> ReproduceResult:
+    """Plan ``preset``'s units with ``plan_fn(preset, out, device=)`` (which validates every
+    setting, so nothing is written before), record ``out/preset.json``, run the units
+    (`run_units`); the result's report is ``out/page``."""
     out = check_output_dir(out)
-    units = plan(preset, out, device=device)  # validates every setting: nothing written yet
+    units = plan_fn(preset, out, device=device)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "preset.json", {**preset.to_dict(), "device": device})
-    result = run_units(units, out, progress=progress, log=log)
-    result.report = out / "report" / "index.html"
+    result = run_units(units, out, progress=progress, log=log, title=title)
+    result.report = out / page
     return result
 
 
