@@ -81,7 +81,11 @@ def test_resume_after_an_interruption_is_bitwise_identical(data_dir, tmp_path):
     full = train(cfg, tmp_path / "full", progress=False)
     first = train(cfg, tmp_path / "split", progress=False, stop_after=1)
     assert first.epochs_run == 1
+    # what a writer killed mid-save leaves (symaudit._io.atomic_path's temporary name)
+    stale = tmp_path / "split" / ".checkpoint.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a checkpoint")
     rest = train(cfg, tmp_path / "split", progress=False)
+    assert not stale.exists()
     assert rest.epochs_run == 1
     assert torch.equal(_flat(full.model), _flat(rest.model))
     assert _same_history(full.history, rest.history)

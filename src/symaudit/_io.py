@@ -42,6 +42,7 @@ __all__ = [
     "read_tagged_json",
     "payload_digest",
     "prepare_stage",
+    "remove_stale_temporaries",
     "replace_dir",
     "staged_dir",
     "staging_path",
@@ -62,6 +63,14 @@ def _write_bytes(path: Path, data: bytes) -> None:
     """The one place file contents are written (tests replace it to simulate a full disk)."""
     with open(path, "wb") as f:
         f.write(data)
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove the temporaries `atomic_path` leaves beside ``path`` when its writer is killed
+    (``.<name>.<random>.tmp``); call it only while no other writer of ``path`` runs."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

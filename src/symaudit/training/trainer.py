@@ -40,7 +40,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from symaudit._io import atomic_write_text, check_output_dir, exclusive
+from symaudit._io import (
+    atomic_write_text,
+    check_output_dir,
+    exclusive,
+    remove_stale_temporaries,
+)
 from symaudit._progress import progress_bar
 from symaudit.data.stream import prefetched
 from symaudit.data.transitions import (
@@ -524,6 +529,9 @@ def _train_epochs(
     # a second `train` on this run directory is refused instead of interleaving checkpoints
     sole_writer = exclusive(r.out) if r.rank == 0 else contextlib.nullcontext()
     with bar, sole_writer:
+        if r.rank == 0:  # the sole writer now: what a killed writer left half-written goes
+            for name in (CHECKPOINT_NAME, METRICS_NAME):
+                remove_stale_temporaries(r.out / name)
         total = (r.config.epochs - start_epoch) * r.steps_per_epoch - start_batch
         task = bar.add_task("train", total=total)
         for epoch in range(start_epoch, r.config.epochs):
