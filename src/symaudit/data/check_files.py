@@ -110,71 +110,18 @@ def check_files(
         resolution: block-average to N x N first (files of other formats; the paired check
             needs the stored grid and is refused with it).
     """
-    from symaudit.data.sources import read_trajectories
-    from symaudit.data.stats import channel_rms
-    from symaudit.data.store import open_dataset
-
     if paired not in ("auto", "yes", "no"):
         raise ValueError(f"paired must be auto, yes or no, got {paired!r}")
     say = log or (lambda _m: None)
     files = []
     for path in map(Path, paths):
-        try:
-            data = read_trajectories(path, trajectories=range(trajectories), resolution=resolution)
-        except IndexError as exc:
-            raise ValueError(f"{path}: {exc}; pass a smaller --trajectories") from None
-        fields, times = data.fields, data.times
-        n, t = fields.shape[:2]
-        hw = tuple(fields.shape[-2:])
-        entry: dict = {
-            "file": str(path),
-            "format": data.source["format"],
-            "family": data.family,
-            "trajectories": n,
-            "snapshots": t,
-            "resolution": list(hw),
-        }
-        say(f"{path.name}: statistical check over {n} trajectories x {t} snapshots")
-        stat_groups = [(s, from_spec(s, data.layout, resolution=hw)) for s in groups]
-        entry["statistical"] = {}
-        if n < 3:  # no standard error from fewer samples: say so instead of guessing
-            say(f"{path.name}: {n} trajectories, too few for the statistical check (>= 3)")
-            stat_groups = []
-        for spec, g in stat_groups:
-            res = distribution_asymmetry(fields, g, times=times, alpha=alpha)
-            entry["statistical"][spec] = {
-                "threshold": res.threshold,
-                "flagged": res.flagged(),
-                "rows": res.summary(),
-            }
-        ours = data.source["format"] == "symaudit"
-        meta = {}
-        if ours:
-            with open_dataset(path) as ds:
-                meta, rms = ds.metadata, ds.channel_rms
-            ours = _is_ours(meta)
-        else:
-            rms = channel_rms(fields, data.layout)
-        want = paired == "yes" or (paired == "auto" and ours)
-        if want and (not ours or resolution is not None):
-            raise ValueError(
-                f"{path}: the paired check re-runs our solver, so it needs a file written by "
-                "symaudit generate, read at its own resolution"
-            )
-        if want:
-            entry["paired"] = _paired(
-                fields,
-                times,
-                meta,
-                rms,
-                data.layout,
-                hw,
-                [*groups, *boosts],
-                step,
-                tolerance,
-                say,
-                path.name,
-            )
+        data = _read(path, trajectories, resolution)
+        entry = _describe(path, data)
+        entry["statistical"] = _statistical(path.name, data, groups, alpha, say)
+        meta, rms, ours = _generator(path, data)
+        if _wants_paired(path, paired, ours, resolution):
+            specs = [*groups, *boosts]
+            entry["paired"] = _paired(data, meta, rms, specs, step, tolerance, say, path.name)
         files.append(entry)
     return {
         "files": files,
@@ -191,7 +138,79 @@ def check_files(
     }
 
 
-def _paired(fields, times, meta, rms, layout, hw, specs, step, tolerance, say, name) -> dict:
+def _read(path: Path, trajectories: int, resolution: int | None):
+    """The first ``trajectories`` trajectories of ``path`` (fields `(n, T, C, H, W)`, times,
+    layout, family, source), block-averaged to ``resolution`` if given."""
+    from symaudit.data.sources import read_trajectories
+
+    try:
+        return read_trajectories(path, trajectories=range(trajectories), resolution=resolution)
+    except IndexError as exc:
+        raise ValueError(f"{path}: {exc}; pass a smaller --trajectories") from None
+
+
+def _describe(path: Path, data) -> dict:
+    """The file's entry before any check: format, family and the shape read."""
+    n, t = data.fields.shape[:2]
+    return {
+        "file": str(path),
+        "format": data.source["format"],
+        "family": data.family,
+        "trajectories": n,
+        "snapshots": t,
+        "resolution": list(data.fields.shape[-2:]),
+    }
+
+
+def _statistical(name: str, data, groups: Sequence[str], alpha: float, say) -> dict:
+    """Per group spec `distribution_asymmetry` of the snapshots: threshold, flagged elements
+    and per-element rows; empty with fewer than 3 trajectories."""
+    fields, times = data.fields, data.times
+    n, t = fields.shape[:2]
+    hw = tuple(fields.shape[-2:])
+    say(f"{name}: statistical check over {n} trajectories x {t} snapshots")
+    # the specs are parsed (and refused if invalid) even when the check is skipped
+    stat_groups = [(s, from_spec(s, data.layout, resolution=hw)) for s in groups]
+    if n < 3:  # no standard error from fewer samples: say so instead of guessing
+        say(f"{name}: {n} trajectories, too few for the statistical check (>= 3)")
+        return {}
+    out = {}
+    for spec, g in stat_groups:
+        res = distribution_asymmetry(fields, g, times=times, alpha=alpha)
+        out[spec] = {"threshold": res.threshold, "flagged": res.flagged(), "rows": res.summary()}
+    return out
+
+
+def _generator(path: Path, data) -> tuple[dict, torch.Tensor, bool]:
+    """(metadata, channel RMS `(C,)`, written by our solver?): a symaudit file's stored
+    metadata and RMS; for other formats no metadata and the RMS of the snapshots read."""
+    from symaudit.data.stats import channel_rms
+    from symaudit.data.store import open_dataset
+
+    if data.source["format"] != "symaudit":
+        return {}, channel_rms(data.fields, data.layout), False
+    with open_dataset(path) as ds:
+        meta, rms = ds.metadata, ds.channel_rms
+    return meta, rms, _is_ours(meta)
+
+
+def _wants_paired(path: Path, paired: str, ours: bool, resolution: int | None) -> bool:
+    """Whether to run the paired check ("auto": on our files); `ValueError` if it is asked
+    for ("yes") but impossible."""
+    want = paired == "yes" or (paired == "auto" and ours)
+    if want and (not ours or resolution is not None):
+        raise ValueError(
+            f"{path}: the paired check re-runs our solver, so it needs a file written by "
+            "symaudit generate, read at its own resolution"
+        )
+    return want
+
+
+def _paired(data, meta, rms, specs, step, tolerance, say, name) -> dict:
+    """The paired check of ``data`` (our solver's file: ``meta``, ``rms``) on transitions
+    (x_step, x_step+1): dt, time, supersampling and per spec `paired_check`'s rows."""
+    fields, times, layout = data.fields, data.times, data.layout
+    hw = tuple(fields.shape[-2:])
     t = fields.shape[1]
     if not 0 <= step < t - 1:
         raise ValueError(f"step must be in 0..{t - 2}, got {step}")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -106,107 +108,213 @@ def run_boost_study(
             only meaningful when the test data came from `symaudit generate`).
         device: where the models run (the solver floor runs on the CPU in float64).
     """
-    from symaudit.training import SMSE, load_checkpoint
-    from symaudit.training.checkpoint import CheckpointError, read_checkpoint
-
     say = log or (lambda _m: None)
     out = check_output_dir(out)
     if not runs:
         raise AuditError("no runs given: pass --run RUN_DIR")
     if per_family < 1:
         raise AuditError(f"per_family must be positive, got {per_family}")
+    options = {
+        "multiples": multiples,
+        "direction": direction,
+        "per_family": per_family,
+        "influence": influence,
+        "cosine": cosine,
+        "damping": damping,
+        "rank": rank,
+    }
     summary: dict = {"models": [], "floor": {}, "settings": {}}
-    floor_done: set[str] = set()
-    for run in map(Path, runs):
-        try:
-            raw = read_checkpoint(run / "checkpoint.pt")
-            model, info = load_checkpoint(run / "checkpoint.pt", map_location=device)
-        except CheckpointError as exc:
-            raise AuditError(f"cannot load {run}: {exc}") from exc
-        test = _load_test_set(raw, test_data)
-        n_times = test.times.numel()
-        m = n_times - 1 if steps is None else int(steps)
-        if not 1 <= m <= n_times - 1:
-            raise AuditError(f"steps must be in 1..{n_times - 1} for this window, got {m}")
-        dt = float(test.times[1] - test.times[0])
-        fams = list(test.families) if families is None else list(families)
-        unknown = [f for f in fams if f not in test.families]
-        if unknown:
-            raise AuditError(f"families {unknown} not in the test data ({list(test.families)})")
-        res_n = int(next(iter(test.families.values())).shape[-1])
-        group = boost_group(
-            info.layout, res_n, dt, steps=m, multiples=multiples, direction=direction
-        )
-        loss = SMSE(info.channel_rms).to(device)
-        arch = info.model_config["architecture"]
-        tol = default_rtol(arch) if rtol is None else float(rtol)
-        settings = {
-            "steps": m,
-            "dt": dt,
-            "resolution": res_n,
-            "multiples": sorted(int(k) for k in multiples),
-            "direction": direction,
-            "per_family": per_family,
-            "influence": influence,
-            "cosine": cosine,
-            "damping": damping,
-            "rank": rank,
-            "test_data": test.sources,
-        }
-        summary["settings"] = settings
-        entry = {
-            "run": str(run),
-            "preset": info.model_config.get("preset", run.name),
-            "architecture": arch,
-            "rtol": tol,
-            "families": {},
-        }
-        for fam in fams:
-            traj = test.families[fam][:per_family]
-            if traj.shape[0] < per_family:
-                raise AuditError(f"family {fam!r} has only {traj.shape[0]} test trajectories")
-            batch = (traj[:, 0].contiguous(), traj[:, m].contiguous())
-            digest = settings_digest([settings, tol, raw.get("digest", ""), str(run), fam])
-            path = out / "pieces" / f"{run.name}-{fam}.pt"
-            res = _load_piece(path, digest)
-            if res is None:
-                say(f"{run.name} {fam}: {len(group)} boosts over {m} steps, N = {per_family}")
-                t0 = time.perf_counter()
-                res = boost_response(
-                    model,
-                    loss,
-                    batch,
-                    group,
-                    steps=m,
-                    influence=influence,
-                    cosine=cosine,
-                    damping=damping,
-                    rtol=tol,
-                    rank=rank,
-                    device=device,
-                    progress=progress,
-                )
-                res.settings["seconds"] = time.perf_counter() - t0
-                _save_piece(path, digest, res)
-                say(f"{run.name} {fam}: done in {res.settings['seconds']:.1f} s")
-            f = model if m == 1 else Rollout(model, m)
-            _add_kick(res, f, loss, batch[0], group, path, digest)
-            curves = res.curves()
-            entry["families"][fam] = {
-                "curves": curves,
-                "regimes": _regimes(curves),
-                "seconds": res.settings.get("seconds"),
-                "influence": res.settings.get("influence"),
-            }
-            if floor and fam not in floor_done:
-                floor_done.add(fam)
-                summary["floor"][fam] = _floor(
-                    out, fam, batch, group, m, dt, info.channel_rms, settings, say
-                )
-        summary["models"].append(entry)
+    for path in map(Path, runs):
+        run = _load_run(path, test_data, families, steps, device)
+        boosts = _run_boosts(run, options, rtol)
+        summary["settings"] = boosts.settings
+        floors = summary["floor"] if floor else None
+        summary["models"].append(_study_run(out, run, boosts, floors, device, progress, say))
     summary["quantities"] = QUANTITIES
     atomic_write_json(out / "boosts.json", summary)
     return out
+
+
+@dataclass
+class _Run:
+    """One run, loaded and checked against the study's window: the checkpoint as read (its
+    digest keys the pieces), the model, its metadata and `SMSE`, the test set, m emulator
+    steps of dt on N x N grids, and the families studied."""
+
+    path: Path
+    raw: dict
+    model: torch.nn.Module
+    info: Any
+    loss: torch.nn.Module
+    test: Any
+    steps: int
+    dt: float
+    resolution: int
+    families: list[str]
+
+
+@dataclass
+class _Boosts:
+    """What every piece of one run is computed with: the boosts (ascending speed), the
+    influence rtol and the settings recorded in ``boosts.json`` and digested into each
+    piece's key."""
+
+    group: Any
+    rtol: float
+    settings: dict
+
+
+def _load_run(
+    run: Path,
+    test_data: Sequence[str | os.PathLike] | None,
+    families: Sequence[str] | None,
+    steps: int | None,
+    device: str | torch.device,
+) -> _Run:
+    """Load ``run``'s checkpoint and test set; check m and the families against its window."""
+    from symaudit.training import SMSE, load_checkpoint
+    from symaudit.training.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        raw = read_checkpoint(run / "checkpoint.pt")
+        model, info = load_checkpoint(run / "checkpoint.pt", map_location=device)
+    except CheckpointError as exc:
+        raise AuditError(f"cannot load {run}: {exc}") from exc
+    test = _load_test_set(raw, test_data)
+    n_times = test.times.numel()
+    m = n_times - 1 if steps is None else int(steps)
+    if not 1 <= m <= n_times - 1:
+        raise AuditError(f"steps must be in 1..{n_times - 1} for this window, got {m}")
+    dt = float(test.times[1] - test.times[0])
+    fams = list(test.families) if families is None else list(families)
+    unknown = [f for f in fams if f not in test.families]
+    if unknown:
+        raise AuditError(f"families {unknown} not in the test data ({list(test.families)})")
+    res_n = int(next(iter(test.families.values())).shape[-1])
+    loss = SMSE(info.channel_rms).to(device)
+    return _Run(run, raw, model, info, loss, test, m, dt, res_n, fams)
+
+
+def _run_boosts(run: _Run, options: dict, rtol: float | None) -> _Boosts:
+    """The boosts, rtol and recorded settings of ``run``; ``options``: the study's
+    multiples, direction, per_family, influence, cosine, damping and rank."""
+    group = boost_group(
+        run.info.layout,
+        run.resolution,
+        run.dt,
+        steps=run.steps,
+        multiples=options["multiples"],
+        direction=options["direction"],
+    )
+    arch = run.info.model_config["architecture"]
+    tol = default_rtol(arch) if rtol is None else float(rtol)
+    settings = {
+        "steps": run.steps,
+        "dt": run.dt,
+        "resolution": run.resolution,
+        "multiples": sorted(int(k) for k in options["multiples"]),
+        "direction": options["direction"],
+        "per_family": options["per_family"],
+        "influence": options["influence"],
+        "cosine": options["cosine"],
+        "damping": options["damping"],
+        "rank": options["rank"],
+        "test_data": run.test.sources,
+    }
+    return _Boosts(group, tol, settings)
+
+
+def _study_run(
+    out: Path,
+    run: _Run,
+    boosts: _Boosts,
+    floors: dict | None,
+    device: str | torch.device,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict:
+    """``run``'s entry in ``boosts.json``: per family its response (`_model_family`). Adds
+    to ``floors`` (None: no floor) the solver floor of each family not in it yet."""
+    entry = {
+        "run": str(run.path),
+        "preset": run.info.model_config.get("preset", run.path.name),
+        "architecture": run.info.model_config["architecture"],
+        "rtol": boosts.rtol,
+        "families": {},
+    }
+    for fam in run.families:
+        batch = _transitions(run, fam, boosts.settings["per_family"])
+        entry["families"][fam] = _model_family(out, run, boosts, fam, batch, device, progress, say)
+        # the floor depends on the data only: measured once per family, on the batch of the
+        # first run that studies it (interleaved so a killed study keeps the floors it made)
+        if floors is not None and fam not in floors:
+            floors[fam] = _floor(
+                out,
+                fam,
+                batch,
+                boosts.group,
+                run.steps,
+                run.dt,
+                run.info.channel_rms,
+                boosts.settings,
+                say,
+            )
+    return entry
+
+
+def _transitions(run: _Run, fam: str, per_family: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_0, x_m) `(N, C, H, W)` x 2: the first ``per_family`` test trajectories of ``fam``."""
+    traj = run.test.families[fam][:per_family]
+    if traj.shape[0] < per_family:
+        raise AuditError(f"family {fam!r} has only {traj.shape[0]} test trajectories")
+    return traj[:, 0].contiguous(), traj[:, run.steps].contiguous()
+
+
+def _model_family(
+    out: Path,
+    run: _Run,
+    boosts: _Boosts,
+    fam: str,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    device: str | torch.device,
+    progress: bool,
+    say: Callable[[str], None],
+) -> dict:
+    """The run's boost response on ``fam`` (its saved piece if the digest matches, else
+    computed and saved) → its curves, fitted regimes, seconds and influence settings."""
+    s, m, name = boosts.settings, run.steps, run.path.name
+    digest = settings_digest([s, boosts.rtol, run.raw.get("digest", ""), str(run.path), fam])
+    path = out / "pieces" / f"{name}-{fam}.pt"
+    res = _load_piece(path, digest)
+    if res is None:
+        say(f"{name} {fam}: {len(boosts.group)} boosts over {m} steps, N = {s['per_family']}")
+        t0 = time.perf_counter()
+        res = boost_response(
+            run.model,
+            run.loss,
+            batch,
+            boosts.group,
+            steps=m,
+            influence=s["influence"],
+            cosine=s["cosine"],
+            damping=s["damping"],
+            rtol=boosts.rtol,
+            rank=s["rank"],
+            device=device,
+            progress=progress,
+        )
+        res.settings["seconds"] = time.perf_counter() - t0
+        _save_piece(path, digest, res)
+        say(f"{name} {fam}: done in {res.settings['seconds']:.1f} s")
+    f = run.model if m == 1 else Rollout(run.model, m)
+    _add_kick(res, f, run.loss, batch[0], boosts.group, path, digest)
+    curves = res.curves()
+    return {
+        "curves": curves,
+        "regimes": _regimes(curves),
+        "seconds": res.settings.get("seconds"),
+        "influence": res.settings.get("influence"),
+    }
 
 
 def _floor(out: Path, fam: str, batch, group, m: int, dt: float, rms, settings, say) -> dict:

@@ -152,42 +152,26 @@ def audit_checkpoints(
     from symaudit.training.checkpoint import read_checkpoint
 
     say = log or (lambda _m: None)
-    rank = 0
-    if process_group is not None:
-        import torch.distributed as dist
-
-        rank = dist.get_rank(process_group)
+    rank = _rank(process_group)
     run = Path(run_dir)
     out = check_output_dir(out)
     if (out / "audit.json").exists():
         raise AuditError(f"{out} holds a single audit: give another --out for the checkpoints")
     points = select_checkpoints(training_checkpoints(run), checkpoints)
-    run_options = {k: v for k, v in audit_kwargs.items() if k in _NOT_SETTINGS}
-    if not isinstance(groups, AuditSettings):  # validated before any checkpoint is read
-        fields_ = {k: v for k, v in audit_kwargs.items() if k not in _NOT_SETTINGS}
-        groups = AuditSettings(groups=groups, **fields_)
-    audit = groups
+    audit, run_options = _split_settings(groups, audit_kwargs)
     settings = json.loads(json.dumps(audit.options(), default=str))  # as stored and read back
     digest = settings_digest(settings)
     index_path = out / OVER_TRAINING_FILE
-    index = _read_index(index_path) or {}
-    if index and index.get("run") != str(run) and not overwrite:
-        raise AuditError(
-            f"{out} holds the checkpoint audits of another run ({index.get('run')}); use "
-            "another --out or --overwrite"
-        )
-    done = {e["label"]: e for e in index.get("checkpoints", []) if index.get("run") == str(run)}
+    done = _audited(index_path, run, overwrite)
     final = read_checkpoint(run / "checkpoint.pt") if (run / "checkpoint.pt").is_file() else None
     entries = dict(done)
     for i, p in enumerate(points):
         sha = tree_digests(p.run_dir / "checkpoint.pt")["checkpoint.pt"]
         sub = out / p.label
-        old = done.get(p.label)
         tag = f"[{i + 1}/{len(points)}] step {p.step} (epoch {p.epoch}, batch {p.batch})"
-        if old and old["checkpoint_sha256"] == sha and old["settings_digest"] == digest:
-            if _complete(sub):
-                say(f"{tag}: already audited with these settings")
-                continue
+        if _up_to_date(done.get(p.label), sha, digest, sub):
+            say(f"{tag}: already audited with these settings")
+            continue
         say(f"{tag}: auditing {p.run_dir / 'checkpoint.pt'}")
         run_audit(
             p.run_dir,
@@ -198,21 +182,67 @@ def audit_checkpoints(
             process_group=process_group,
             **run_options,
         )
-        entries[p.label] = {
-            "label": p.label,
-            "step": p.step,
-            "epoch": p.epoch,
-            "batch": p.batch,
-            "checkpoint": str(p.run_dir / "checkpoint.pt"),
-            "checkpoint_sha256": sha,
-            "settings_digest": digest,
-            "audit": p.label,
-        }
-        if rank == 0:
+        entries[p.label] = _index_entry(p, sha, digest)
+        if rank == 0:  # the index after every checkpoint: a killed series keeps what it did
             _write_index(index_path, run, settings, digest, entries, final)
     if rank == 0:
         _write_index(index_path, run, settings, digest, entries, final)
     return out
+
+
+def _rank(process_group: object | None) -> int:
+    """This process's rank in ``process_group`` (0 without one): only rank 0 writes the index."""
+    if process_group is None:
+        return 0
+    import torch.distributed as dist
+
+    return dist.get_rank(process_group)
+
+
+def _split_settings(
+    groups: Sequence[str] | AuditSettings, audit_kwargs: dict[str, Any]
+) -> tuple[AuditSettings, dict[str, Any]]:
+    """(the audit's settings, `run_audit`'s other options) from ``audit_checkpoints``'s
+    ``groups`` and keywords; validated here, before any checkpoint is audited."""
+    run_options = {k: v for k, v in audit_kwargs.items() if k in _NOT_SETTINGS}
+    if not isinstance(groups, AuditSettings):
+        fields_ = {k: v for k, v in audit_kwargs.items() if k not in _NOT_SETTINGS}
+        groups = AuditSettings(groups=groups, **fields_)
+    return groups, run_options
+
+
+def _audited(index_path: Path, run: Path, overwrite: bool) -> dict[str, dict]:
+    """The index's entries by label if it lists ``run``'s checkpoints (else none); an index
+    of another run is an `AuditError` unless ``overwrite``."""
+    index = _read_index(index_path) or {}
+    if index and index.get("run") != str(run) and not overwrite:
+        raise AuditError(
+            f"{index_path.parent} holds the checkpoint audits of another run "
+            f"({index.get('run')}); use another --out or --overwrite"
+        )
+    return {e["label"]: e for e in index.get("checkpoints", []) if index.get("run") == str(run)}
+
+
+def _up_to_date(old: dict | None, sha: str, digest: str, audit_dir: Path) -> bool:
+    """Whether a checkpoint's audit can be kept: indexed with the same checkpoint file and
+    settings, and complete in ``audit_dir``."""
+    if old and old["checkpoint_sha256"] == sha and old["settings_digest"] == digest:
+        return _complete(audit_dir)
+    return False
+
+
+def _index_entry(p: TrainingPoint, sha: str, digest: str) -> dict[str, Any]:
+    """The index's record of checkpoint ``p`` audited into ``OUT/<label>``."""
+    return {
+        "label": p.label,
+        "step": p.step,
+        "epoch": p.epoch,
+        "batch": p.batch,
+        "checkpoint": str(p.run_dir / "checkpoint.pt"),
+        "checkpoint_sha256": sha,
+        "settings_digest": digest,
+        "audit": p.label,
+    }
 
 
 def _write_index(path: Path, run: Path, settings, digest, entries: dict, final) -> None:

@@ -147,86 +147,133 @@ def _name(arm: str, seed: int) -> str:
 
 
 def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> list[Unit]:
-    """The comparison's units in execution order (module docstring)."""
-    from symaudit.training import train
-
+    """The comparison's units in execution order (module docstring): the datasets, per seed
+    and arm a training run (`_train_unit`) and its D4 audit (`_arm_audit_unit`; the ``none``
+    arm's audit followed by the selection, `_select_unit`), then the comparison
+    (`_compare_unit`)."""
     units = [u for u in plan(preset.data, out, device=device) if u.stage == "generate"]
     train_inputs = [u.name for u in units if u.name.startswith("generate/train/")]
     test_inputs = [u.name for u in units if u.name.startswith("generate/test/")]
-    mp, d = preset.model, preset.data
-    res2 = d.resolution**2
-    transitions = d.train_trajectories * len(d.families) * d.snapshots
-    audit_settings = dict(
+    audit_settings = _audit_settings(preset)
+    for seed in preset.seeds:
+        base = train_config(preset.data, preset.model, out, seed, device=device)
+        sel_path = out / "selection" / f"s{seed}.json"
+        for arm in preset.arms:
+            units.append(_train_unit(preset, arm, seed, base, out, sel_path, train_inputs))
+            if arm.startswith("random") and not preset.audit_random:
+                continue
+            units.append(
+                _arm_audit_unit(preset, arm, seed, out, audit_settings, test_inputs, device)
+            )
+            if arm == "none":  # the selection reads the no-augmentation run's audit
+                units.append(_select_unit(preset, seed, out, sel_path))
+    units.append(_compare_unit(preset, out, units, test_inputs, device))
+    return units
+
+
+def _audit_settings(preset: AugmentPreset) -> dict[str, Any]:
+    """The D4 audit settings every audited arm shares."""
+    return dict(
         groups=["d4"],
         damping=preset.damping,
-        rtol=mp.rtol,
+        rtol=preset.model.rtol,
         test_batches=preset.test_batches,
         per_family=preset.per_family,
         cosine=False,
         max_iter=preset.max_iter,
         rank=preset.rank,
     )
-    selection = {"rule": preset.rule, "random_subsets": preset.random_subsets}
 
-    for seed in preset.seeds:
-        base = train_config(d, mp, out, seed, device=device)
-        sel_path = out / "selection" / f"s{seed}.json"
-        for arm in preset.arms:
-            name = _name(arm, seed)
-            run_dir, audit_dir = out / "runs" / name, out / "audits" / name
 
-            def work(arm=arm, base=base, run_dir=run_dir, sel_path=sel_path) -> None:
-                train(_arm_config(base, arm, sel_path), run_dir, progress=False)
+def _train_unit(
+    preset: AugmentPreset,
+    arm: str,
+    seed: int,
+    base,
+    out: Path,
+    sel_path: Path,
+    train_inputs: list[str],
+) -> Unit:
+    """Training of ``arm`` with seed ``seed``: ``base`` (the no-augmentation run's settings)
+    with the arm's augmentation (`_arm_config`); every arm but ``none`` lists the seed's
+    selection among its inputs."""
+    from symaudit.training import train
 
-            units.append(
-                Unit(
-                    "train",
-                    f"train/{name}",
-                    {**base.to_dict(), "data": ["data/train"], "arm": arm},
-                    train_inputs + ([] if arm == "none" else [f"select/s{seed}"]),
-                    run_dir,
-                    mp.epochs * transitions * res2 / 4e6,
-                    work,
-                    f"{arm} seed {seed}",
-                )
-            )
+    mp, d = preset.model, preset.data
+    name = _name(arm, seed)
+    run_dir = out / "runs" / name
+    transitions = d.train_trajectories * len(d.families) * d.snapshots
 
-            if arm.startswith("random") and not preset.audit_random:
-                continue
-            units.append(
-                audit_unit(
-                    name,
-                    run_dir,
-                    audit_dir,
-                    audit_settings,
-                    test_inputs,
-                    preset.per_family * len(d.families) * 8 * res2 / 5e3,
-                    f"{arm} seed {seed}",
-                    device=device,
-                )
-            )
-            if arm == "none":
+    def work() -> None:
+        train(_arm_config(base, arm, sel_path), run_dir, progress=False)
 
-                def sel(audit_dir=audit_dir, sel_path=sel_path, seed=seed) -> None:
-                    from symaudit.diagnostics.augmentation import choose_subsets
+    return Unit(
+        "train",
+        f"train/{name}",
+        {**base.to_dict(), "data": ["data/train"], "arm": arm},
+        train_inputs + ([] if arm == "none" else [f"select/s{seed}"]),
+        run_dir,
+        mp.epochs * transitions * d.resolution**2 / 4e6,
+        work,
+        f"{arm} seed {seed}",
+    )
 
-                    atomic_write_json(
-                        sel_path,
-                        choose_subsets(audit_dir, preset.rule, preset.random_subsets, seed),
-                    )
 
-                units.append(
-                    Unit(
-                        "select",
-                        f"select/s{seed}",
-                        {**selection, "seed": seed},
-                        [f"audit/{name}"],
-                        sel_path,
-                        0.1,
-                        sel,
-                        f"elements for seed {seed}",
-                    )
-                )
+def _arm_audit_unit(
+    preset: AugmentPreset,
+    arm: str,
+    seed: int,
+    out: Path,
+    audit_settings: dict[str, Any],
+    test_inputs: list[str],
+    device: str,
+) -> Unit:
+    """The D4 audit of ``arm``'s run with seed ``seed`` into ``OUT/audits/<arm>-s<seed>``."""
+    d = preset.data
+    name = _name(arm, seed)
+    return audit_unit(
+        name,
+        out / "runs" / name,
+        out / "audits" / name,
+        audit_settings,
+        test_inputs,
+        preset.per_family * len(d.families) * 8 * d.resolution**2 / 5e3,
+        f"{arm} seed {seed}",
+        device=device,
+    )
+
+
+def _select_unit(preset: AugmentPreset, seed: int, out: Path, sel_path: Path) -> Unit:
+    """The elements of seed ``seed``'s influence and random arms, chosen from the ``none``
+    arm's audit (`choose_subsets`) → ``sel_path``."""
+    name = _name("none", seed)
+    audit_dir = out / "audits" / name
+
+    def sel() -> None:
+        from symaudit.diagnostics.augmentation import choose_subsets
+
+        atomic_write_json(
+            sel_path,
+            choose_subsets(audit_dir, preset.rule, preset.random_subsets, seed),
+        )
+
+    return Unit(
+        "select",
+        f"select/s{seed}",
+        {"rule": preset.rule, "random_subsets": preset.random_subsets, "seed": seed},
+        [f"audit/{name}"],
+        sel_path,
+        0.1,
+        sel,
+        f"elements for seed {seed}",
+    )
+
+
+def _compare_unit(
+    preset: AugmentPreset, out: Path, units: list[Unit], test_inputs: list[str], device: str
+) -> Unit:
+    """Table and figure over every arm and seed: reads each arm's audit (its training run
+    if it is not audited), the selections and the test data."""
     names = [_name(a, s) for s in preset.seeds for a in preset.arms]
     audited = {u.name for u in units if u.stage == "audit"}
 
@@ -235,21 +282,18 @@ def augment_plan(preset: AugmentPreset, out: Path, *, device: str = "cpu") -> li
 
         write_augment_report(out, preset, device=device)
 
-    units.append(
-        Unit(
-            "compare",
-            "compare",
-            {"preset": preset.to_dict()},
-            [f"audit/{n}" if f"audit/{n}" in audited else f"train/{n}" for n in names]
-            + [f"select/s{s}" for s in preset.seeds]
-            + test_inputs,
-            out / "compare",
-            len(names) * 0.5,
-            compare,
-            "table + figure",
-        )
+    return Unit(
+        "compare",
+        "compare",
+        {"preset": preset.to_dict()},
+        [f"audit/{n}" if f"audit/{n}" in audited else f"train/{n}" for n in names]
+        + [f"select/s{s}" for s in preset.seeds]
+        + test_inputs,
+        out / "compare",
+        len(names) * 0.5,
+        compare,
+        "table + figure",
     )
-    return units
 
 
 def _arm_config(base, arm: str, selection: Path):
