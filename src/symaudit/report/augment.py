@@ -14,7 +14,6 @@ influence columns are the new audit's ρ_g = median_i M^g_ii / M^e_ii
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
@@ -241,81 +240,61 @@ def _pm(s: dict) -> str:
 
 
 def _html(data: dict, preset) -> str:
-    from symaudit.report.html import _CSS
+    """The page, rendered from ``templates/augment.html.j2``."""
+    from symaudit.report.html import render_page
 
-    e = html.escape
     rows, summary = data["rows"], data["summary"]
-    p = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>symaudit: influence-guided augmentation</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>Influence-guided augmentation</h1>",
-        f"<p>Preset <code>{e(preset.name)}</code>: {e(preset.model.preset)}, "
-        f"{preset.model.epochs} epochs, batch {preset.model.batch_size} (same step budget "
-        f"and seeds in every arm), seeds {e(', '.join(map(str, preset.seeds)))}. "
-        "Selection: augment by the g ≠ e whose cross-influence ρ<sub>g</sub> = "
-        "median<sub>i</sub> M<sup>g</sup><sub>ii</sub> / M<sup>e</sup><sub>ii</sub> in the "
-        f"audit of the un-augmented model is below the threshold of rule "
-        f"<code>{e(preset.rule)}</code> (below:T: ρ &lt; T; relative:T: ρ &lt; T × mean of "
-        "the seven; lowest:K: the K lowest); random arms: "
-        "distinct random subsets of the same size. Augmented samples are transformed by an "
-        "element drawn uniformly from {e} ∪ subset. Errors: one-step SMSE on every test "
-        "transition divided by the persistence SMSE of its family, averaged over families; "
-        "'transformed' = mean over the seven g ≠ e of E<sub>g</sub>.</p>",
-        "<h2>Selections</h2><table><tr><th>seed</th><th>ρ<sub>g</sub> of the un-augmented "
-        "model</th><th>chosen</th><th>random subsets</th></tr>",
-    ]
-    for s, sel in data["selections"].items():
-        scores = ", ".join(f"{g} {sel['scores'][g]:.3g}" for g in D4_ORDER if g in sel["scores"])
-        p.append(
-            f"<tr><td>{e(s)}</td><td>{e(scores)}</td><td>{e(', '.join(sel['influence']) or '∅')}"
-            f"</td><td>{e(' | '.join(', '.join(r) or '∅' for r in sel['random']))}</td></tr>"
-        )
-    p.append(
-        "</table><h2>Result</h2><table><tr><th>arm</th><th>seed</th><th>elements</th>"
-        "<th>untransformed E<sub>e</sub></th><th>transformed (mean g ≠ e)</th>"
-        + "".join(f"<th>E<sub>{g}</sub></th>" for g in D4_ORDER)
-        + "<th>new audit: mean ρ<sub>g≠e</sub></th></tr>"
-    )
-    for r in rows:
-        els = "–" if r["elements"] is None else (", ".join(r["elements"]) or "∅")
-        p.append(
-            f"<tr><td>{e(r['arm'])}</td><td>{r['seed']}</td><td>{e(els)}</td>"
-            f"<td class='num'>{_f(r['untransformed'])}</td>"
-            f"<td class='num'>{_f(r['transformed'])}</td>"
-            + "".join(f"<td class='num'>{_f(r['rel_error'][g], '.3g')}</td>" for g in D4_ORDER)
-            + f"<td class='num'>{_f(r['mean_influence'], '.3g')}</td></tr>"
-        )
-    p.append(
-        "</table><h2>Over seeds (mean ± sd)</h2><table><tr><th>arm</th><th>untransformed</th>"
-        "<th>transformed</th></tr>"
-    )
-    for arm, s in summary["by_arm"].items():
-        p.append(
-            f"<tr><td>{e(arm)}</td><td class='num'>{_pm(s['untransformed'])}</td>"
-            f"<td class='num'>{_pm(s['transformed'])}</td></tr>"
-        )
     d, b = summary["delta_vs_random"], summary["beats_random"]
-    p.append(
-        "</table><p><b>Influence vs chance.</b> Transformed error of the influence arm minus "
-        f"the mean of the random arms, per seed: Δ = {_pm(d)} over {d['n']} seeds "
-        f"(Δ &lt; 0: the influence choice is better); share of random arms it beats: "
-        f"{_pm(b)}. Per seed: "
-        + "; ".join(
-            f"seed {q['seed']}: Δ {_f(q['delta_vs_random'], '.3g')}, gain fraction "
-            f"influence {_f(q['gain_fraction'].get('influence'), '.2f')}, Spearman(ρ<sub>g</sub>, "
-            f"E<sub>g</sub>) of the un-augmented model {_f(q['spearman_influence_error'], '.2f')}"
+    return render_page(
+        "augment.html.j2",
+        name=preset.name,
+        model=preset.model.preset,
+        epochs=preset.model.epochs,
+        batch_size=preset.model.batch_size,
+        seeds=", ".join(map(str, preset.seeds)),
+        rule=preset.rule,
+        selections=[
+            {
+                "seed": s,
+                "scores": ", ".join(
+                    f"{g} {sel['scores'][g]:.3g}" for g in D4_ORDER if g in sel["scores"]
+                ),
+                "chosen": ", ".join(sel["influence"]) or "∅",
+                "random": " | ".join(", ".join(r) or "∅" for r in sel["random"]),
+            }
+            for s, sel in data["selections"].items()
+        ],
+        elements=D4_ORDER,
+        rows=[
+            {
+                "arm": r["arm"],
+                "seed": r["seed"],
+                "elements": "–" if r["elements"] is None else (", ".join(r["elements"]) or "∅"),
+                "untransformed": _f(r["untransformed"]),
+                "transformed": _f(r["transformed"]),
+                "rel_error": [_f(r["rel_error"][g], ".3g") for g in D4_ORDER],
+                "mean_influence": _f(r["mean_influence"], ".3g"),
+            }
+            for r in rows
+        ],
+        by_arm=[
+            {
+                "arm": a,
+                "untransformed": _pm(s["untransformed"]),
+                "transformed": _pm(s["transformed"]),
+            }
+            for a, s in summary["by_arm"].items()
+        ],
+        delta=_pm(d),
+        delta_n=d["n"],
+        beats=_pm(b),
+        per_seed=[
+            {
+                "seed": q["seed"],
+                "delta": _f(q["delta_vs_random"], ".3g"),
+                "gain": _f(q["gain_fraction"].get("influence"), ".2f"),
+                "spearman": _f(q["spearman_influence_error"], ".2f"),
+            }
             for q in summary["per_seed"]
-        )
-        + " (gain fraction = (T<sub>none</sub> − T<sub>arm</sub>) / (T<sub>none</sub> − "
-        "T<sub>d4</sub>)).</p>"
+        ],
     )
-    p.append(
-        "<figure><img src='augment.svg' alt='augmentation comparison'><figcaption>Left: "
-        "untransformed and D4-transformed relative error per arm, one point per seed. "
-        "Middle: E<sub>g</sub> / persistence per element. Right: the cross-influence "
-        "ρ<sub>g</sub> of each arm's own audit. "
-        "(<a href='augment.png'>PNG</a>, <a href='augment.svg'>SVG</a>; numbers in "
-        "<a href='augment.json'>augment.json</a>)</figcaption></figure></body></html>"
-    )
-    return "\n".join(p)

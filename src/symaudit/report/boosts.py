@@ -8,7 +8,6 @@ table comes from ``boosts.json`` (`boost_rows` returns them for tests).
 
 from __future__ import annotations
 
-import html
 import json
 import os
 from pathlib import Path
@@ -20,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from symaudit._io import atomic_path, atomic_write_text  # noqa: E402
 from symaudit.report.figures import COLOURS  # noqa: E402
-from symaudit.report.html import _CSS  # noqa: E402
+from symaudit.report.html import render_page  # noqa: E402
 
 __all__ = ["boost_rows", "build_boost_page"]
 
@@ -35,7 +34,7 @@ _PANELS = (
 def _fmt(x) -> str:
     if x is None:
         return "–"
-    return f"{x:.3g}" if isinstance(x, float) else html.escape(str(x))
+    return f"{x:.3g}" if isinstance(x, float) else str(x)  # the page template escapes
 
 
 def _save_fig(fig, out: Path, name: str) -> None:
@@ -116,34 +115,16 @@ def build_boost_page(study_dir: str | os.PathLike) -> Path:
     rows = boost_rows(study)
     cols = list(rows[0]) if rows else []
     s = study["settings"]
-    body = [
-        "<h1>Galilean boosts: response against speed</h1>",
-        f"<p>Boosts along {_fmt(s.get('direction'))} by k·c_min, c_min = 1/(m·dt·N) with "
-        f"m = {s.get('steps')} emulator steps, dt = {_fmt(s.get('dt'))}, N = "
-        f"{s.get('resolution')} (a boost must move the state by whole cells); k in "
-        f"{s.get('multiples')}; N = {s.get('per_family')} test trajectories per family. "
-        "E(c) = SMSE(f<sup>m</sup>(K<sub>c</sub>x<sub>0</sub>), g·x<sub>m</sub>), D(c) = "
-        "SMSE(f<sup>m</sup>(K<sub>c</sub>x<sub>0</sub>), g·f<sup>m</sup>(x<sub>0</sub>)), "
-        "D<sub>kick</sub>(c) = SMSE(f<sup>m</sup>(K<sub>c</sub>x<sub>0</sub>), K<sub>c</sub>"
-        "f<sup>m</sup>(T<sub>cmdt</sub>x<sub>0</sub>)) (both outputs at the same grid position: "
-        "free of the model's non-equivariance to the displacement), "
-        "I(c) = M<sup>g</sup><sub>ii</sub>/M<sup>e</sup><sub>ii</sub> (medians over states). "
-        "The dashed line is the solver's own D(c) on the same initial states: the data are "
-        "only frame-invariant to that level, so E(c) − E(0) below it says nothing about the "
-        "model.</p>",
-        '<figure><img src="boosts.png" alt="boost response"><figcaption>Rows: E (dotted: '
-        "E(0)), D, D<sub>kick</sub>, |1 − I|; columns: families; log–log.</figcaption></figure>",
-        "<h2>Small-speed exponents (linear-response regime)</h2>",
-        "<p>Exponent fitted on the three smallest speeds; 'holds to' is the largest speed up to "
-        "which every local log–log slope stays within ±0.25 of it. Linear response predicts "
-        f"{html.escape(json.dumps(study.get('quantities', {})))}.</p>",
-        "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>",
-    ]
-    for r in rows:
-        body.append("<tr>" + "".join(f'<td class="num">{_fmt(r[c])}</td>' for c in cols) + "</tr>")
-    body.append("</table>")
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>symaudit boosts</title>"
-        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    page = render_page(
+        "boosts.html.j2",
+        direction=_fmt(s.get("direction")),
+        steps=s.get("steps"),
+        dt=_fmt(s.get("dt")),
+        resolution=s.get("resolution"),
+        multiples=s.get("multiples"),
+        per_family=s.get("per_family"),
+        quantities=json.dumps(study.get("quantities", {})),
+        cols=cols,
+        rows=[[_fmt(r[c]) for c in cols] for r in rows],
     )
     return atomic_write_text(out / "index.html", page)

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from symaudit._io import atomic_write_json, atomic_write_text  # noqa: E402
 from symaudit.report.boosts import _fmt, _save_fig  # noqa: E402
-from symaudit.report.html import _CSS  # noqa: E402
+from symaudit.report.html import render_page  # noqa: E402
 
 __all__ = ["build_check_page", "check_rows", "floor_rows"]
 
@@ -121,18 +121,6 @@ def build_check_page(out: str | os.PathLike, result: dict, audits: list | None =
     paired, stat = check_rows(result)
     has_fig = _figure(paired, out)
     s = result["settings"]
-    body = [
-        "<h1>The data generator's own symmetry</h1>",
-        "<p>The floor under a model's transformed error: a model's E<sub>g</sub> − E<sub>e</sub> "
-        "is only meaningful above the generator's D<sub>g</sub> (paired check).</p>",
-        "<h2>Paired: solver re-run from g·x<sub>t</sub> against g·S(x<sub>t</sub>)</h2>",
-        f"<p>D<sub>g</sub> = SMSE(S(g x<sub>t</sub>), g S(x<sub>t</sub>)) in the file's SMSE "
-        f"units, median over {s['trajectories']} trajectories at snapshot {s['step']}; broken "
-        f"when above {s['tolerance']:g}. 'error' compares S(g x<sub>t</sub>) with the stored "
-        "g x<sub>t+1</sub> (at e: how well the file is reproduced).</p>",
-    ]
-    if has_fig:
-        body.append('<figure><img src="check_paired.png" alt="paired defects"></figure>')
     pcols = ["file", "group", "element", "defect", "defect_max", "error", "broken"]
     scols = [
         "file",
@@ -146,41 +134,29 @@ def build_check_page(out: str | os.PathLike, result: dict, audits: list | None =
         "noise",
         "flag",
     ]
-    fcols = list(floors[0]) if floors else []
-    for title, rows, cols in (
-        ("", paired, pcols),
-        (
-            "<h2>Models against the floor</h2><p>Median over each audit's test states of that "
-            "family. A model's E<sub>g</sub> − E<sub>e</sub> or D<sub>g</sub> below the "
-            "generator's "
-            "D<sub>g</sub> cannot be told from the data's own asymmetry.</p>",
-            floors,
-            fcols,
-        ),
-        (
-            "<h2>Statistical: distribution of g·x against x</h2><p>Per element the feature of "
-            "largest |z| (paired t-statistic over trajectories; threshold: Bonferroni at "
-            f"α = {s['alpha']:g}); 'relative' = |mean difference| / mean |feature|, 'noise' its "
-            "standard error: the noise floor for this many trajectories.</p>",
-            stat,
-            scols,
-        ),
-    ):
-        if title:
-            body.append(title)
-        if not rows:
-            body.append("<p>(not run)</p>" if title else "<p>(no paired check)</p>")
-            continue
-        body.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
-        for r in rows:
-            bad = r.get("broken") or r.get("flag")
-            cls = ' class="not-reproduced"' if bad else ""
-            body.append(
-                f"<tr{cls}>" + "".join(f'<td class="num">{_fmt(r[c])}</td>' for c in cols) + "</tr>"
-            )
-        body.append("</table>")
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>symaudit check-data</title>"
-        f"<style>{_CSS}</style></head><body>" + "\n".join(body) + "</body></html>\n"
+    page = render_page(
+        "data_check.html.j2",
+        trajectories=s["trajectories"],
+        step=s["step"],
+        tolerance=format(s["tolerance"], "g"),
+        alpha=format(s["alpha"], "g"),
+        figure=has_fig,
+        paired=_table(paired, pcols),
+        floors=_table(floors, list(floors[0]) if floors else []),
+        statistical=_table(stat, scols),
     )
     return atomic_write_text(out / "index.html", page)
+
+
+def _table(rows: list[dict], cols: list[str]) -> dict:
+    """Formatted cells; a row is marked when its element is broken or flagged."""
+    return {
+        "cols": cols,
+        "rows": [
+            {
+                "bad": bool(r.get("broken") or r.get("flag")),
+                "cells": [_fmt(r[c]) for c in cols],
+            }
+            for r in rows
+        ],
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,7 +26,7 @@ from symaudit.report.findings import (
     unique_dirs,
 )
 
-__all__ = ["SECTIONS", "build_report"]
+__all__ = ["SECTIONS", "build_report", "render_page"]
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; color: #222;
@@ -109,8 +110,8 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
         },
     )
     families = sorted({f for m in study.models for v in m.family_errors.values() for f in v})
-    page = _template().render(
-        css=_CSS,
+    page = render_page(
+        "report.html.j2",
         audits=len(audit_dirs),
         grid="×".join(map(str, study.resolution)),
         models=[_model_row(m, solver[m.preset]) for m in study.models],
@@ -127,16 +128,22 @@ def _write_report(study: StudyData, audit_dirs: Sequence[str | os.PathLike], out
     return atomic_write_text(out / "index.html", page)
 
 
-def _template():
+def render_page(template: str, **context: object) -> str:
+    """``templates/<template>`` rendered with ``context`` (autoescaped; a missing value is an
+    error). Every page extends ``page.html.j2``, which gets the shared stylesheet as ``css``."""
+    return _environment().get_template(template).render(css=_CSS, **context)
+
+
+@functools.cache
+def _environment():
     import jinja2
 
-    env = jinja2.Environment(
+    return jinja2.Environment(
         loader=jinja2.PackageLoader("symaudit.report", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a missing value is an error, not an empty cell
         keep_trailing_newline=True,
     )
-    return env.get_template("report.html.j2")
 
 
 def _sections(study: StudyData) -> list[tuple[str, object]]:

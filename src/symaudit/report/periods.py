@@ -4,7 +4,6 @@ profiles next to its natural period (`symaudit.diagnostics.periods`)."""
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,43 +110,31 @@ def _f(x, spec: str = ".3g") -> str:
 
 
 def _html(rows: list[dict]) -> str:
-    from symaudit.report.html import _CSS
+    """The page, rendered from ``templates/periods.html.j2``: one table row per (model, group)."""
+    from symaudit.report.html import render_page
 
-    e = html.escape
-    p = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>symaudit: patch-size ablation</title>",
-        f"<style>{_CSS}</style></head><body><h1>Patch-size ablation: translation periods</h1>",
-        "<p>Error profile: mean over test states of log(E<sub>s</sub> / E<sub>0</sub>) at "
-        "every shift s of the grid; influence profile: median over test states of "
-        "M<sup>s</sup><sub>ii</sub> / M<sup>e</sup><sub>ii</sub> at the audit's influence "
-        "shifts. Measured period: the divisor p of the grid size maximising the one-way "
-        "ANOVA ratio F(p) of the profile grouped by s mod p (docs/ablation.md). Contrast: "
-        "profile mean at non-zero shifts aligned with the natural period minus the mean at "
-        "non-aligned shifts.</p><table><tr><th>model</th><th>natural period</th>"
-        "<th>group</th><th>measured period (errors)</th><th>per family</th>"
-        "<th>F at natural period / best F</th><th>error contrast aligned − non-aligned</th>"
-        "<th>measured period (influence)</th><th>influence aligned / non-aligned</th></tr>",
-    ]
+    table = []
     for r in rows:
         nat = r["natural_period"]
         for spec, g in r["groups"].items():
             best = g["error_F"].get(g["error_period"]) if g["error_period"] else None
             at_nat = g["error_F"].get(nat) if nat else None
             ec, ic = g["error_contrast"] or {}, g["influence_contrast"] or {}
-            fam = ", ".join(f"{f} {v}" for f, v in g["error_period_by_family"].items())
-            p.append(
-                f"<tr><td>{e(r['name'])}</td><td class='num'>{_f(nat)}</td><td>{e(spec)}</td>"
-                f"<td class='num'><b>{_f(g['error_period'])}</b></td><td>{e(fam)}</td>"
-                f"<td class='num'>{_f(at_nat)} / {_f(best)}</td>"
-                f"<td class='num'>{_f(ec.get('difference'))}</td>"
-                f"<td class='num'>{_f(g['influence_period'])}</td>"
-                f"<td class='num'>{_f(ic.get('aligned'))} / {_f(ic.get('non_aligned'))}</td></tr>"
+            table.append(
+                {
+                    "name": r["name"],
+                    "natural": _f(nat),
+                    "group": spec,
+                    "error_period": _f(g["error_period"]),
+                    "by_family": ", ".join(
+                        f"{f} {v}" for f, v in g["error_period_by_family"].items()
+                    ),
+                    "at_natural": _f(at_nat),
+                    "best": _f(best),
+                    "error_contrast": _f(ec.get("difference")),
+                    "influence_period": _f(g["influence_period"]),
+                    "aligned": _f(ic.get("aligned")),
+                    "non_aligned": _f(ic.get("non_aligned")),
+                }
             )
-    p.append(
-        "</table><figure><img src='periods.svg' alt='translation profiles'><figcaption>Top: "
-        "error profiles; bottom: influence profiles; dotted lines at multiples of each "
-        "model's natural period (<a href='periods.png'>PNG</a>; numbers in "
-        "<a href='periods.json'>periods.json</a>).</figcaption></figure></body></html>"
-    )
-    return "\n".join(p)
+    return render_page("periods.html.j2", rows=table)

@@ -13,7 +13,6 @@ Dotted vertical lines mark the half-way steps of `milestones`.
 
 from __future__ import annotations
 
-import html
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,6 +36,7 @@ from symaudit.diagnostics.over_training import (  # noqa: E402
     milestones,
     training_curves,
 )
+from symaudit.report.html import render_page  # noqa: E402
 
 __all__ = ["build_training_time_report"]
 
@@ -48,22 +48,10 @@ _ROWS = (
     ("frobenius", "median M^g_ii / ||M^g||_F"),
     ("cosine", "median cosine M^g_ii"),
 )
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; color: #222;
-       line-height: 1.45; padding: 0 1em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.35em 0.6em; text-align: left; }
-th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure img { max-width: 100%; border: 1px solid #eee; }
-"""
 
 
 def _fmt(x: float | None, spec: str = ".4g") -> str:
     return "–" if x is None else format(x, spec)
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x))
 
 
 def _element_colours(elements: list[str]) -> dict[str, str]:
@@ -212,71 +200,51 @@ def _verdict(ms: dict) -> str:
 
 
 def _page(numbers: dict) -> str:
-    p = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        "<title>symaudit: symmetry over training time</title>",
-        f"<style>{_CSS}</style></head><body>",
-        "<h1>Symmetry learning over training time</h1>",
-        f"<p>Group <code>{_e(numbers['group'])}</code>. Every kept checkpoint of each run is "
-        "audited with the same test mini-batches, damping rule and solver settings. "
-        "Medians over all pooled test states. 'Half-way step': the first audited step at "
-        "which a quantity has covered half of its change between the first and the last "
-        "checkpoint (errors on a log scale: mean log<sub>10</sub> over states and "
-        "non-identity elements; coherence: median diagonal over them). Its resolution is "
-        "the spacing of the checkpoints.</p>",
-        "<h2>When does the orbit become coherent?</h2><table><tr><th>model</th>"
-        "<th>mean log10 E_g: first → last (half-way step); min at step</th>"
-        "<th>mean log10 D_g: first → last (half-way step); min at step</th>"
-        "<th>Frobenius diagonal: first → last (half-way step); max at step</th>"
-        "<th>cosine diagonal: first → last (half-way step); max at step</th>"
-        "<th>reading</th></tr>",
+    """The page, rendered from ``templates/training_time.html.j2`` (which keeps its own
+    stylesheet)."""
+    return render_page(
+        "training_time.html.j2",
+        group=numbers["group"],
+        figure=FIGURE,
+        milestones=[
+            {
+                "model": model,
+                "cells": [_milestone(v["milestones"][key], key) for key in _MILESTONES],
+                "verdict": _verdict(v["milestones"]),
+            }
+            for model, v in numbers["models"].items()
+        ],
+        checkpoints=[
+            {"model": model, "rows": _checkpoint_rows(v["curves"])}
+            for model, v in numbers["models"].items()
+        ],
+        audits=numbers["audits"],
+    )
+
+
+_MILESTONES = ("log_error", "log_defect", "frobenius", "cosine")
+
+
+def _milestone(m: dict | None, key: str) -> str | None:
+    """first → last (half-way step); min or max at its step -- None when not measured."""
+    if m is None:
+        return None
+    half = m["half_way_step"] if m["half_way_step"] is not None else "no"
+    extreme = "min" if key.startswith("log") else "max"
+    return (
+        f"{_fmt(m['first'], '.3f')} → {_fmt(m['last'], '.3f')} ({half}); "
+        f"{extreme} {_fmt(m['extreme'], '.3f')} at {m['extreme_step']}"
+    )
+
+
+def _checkpoint_rows(c: dict) -> list[list]:
+    o = c["orbit"]
+    return [
+        [
+            step,
+            c["epochs"][k],
+            _fmt(c["test_one_step"][k]),
+            *(_fmt(o[q][k], ".3f") for q in _MILESTONES),
+        ]
+        for k, step in enumerate(c["steps"])
     ]
-    for model, v in numbers["models"].items():
-        ms = v["milestones"]
-        cells = []
-        for key in ("log_error", "log_defect", "frobenius", "cosine"):
-            m = ms[key]
-            cells.append(
-                "<td>–</td>"
-                if m is None
-                else f"<td class='num'>{_fmt(m['first'], '.3f')} → {_fmt(m['last'], '.3f')} "
-                f"({_e(m['half_way_step'] if m['half_way_step'] is not None else 'no')}); "
-                f"{'min' if key.startswith('log') else 'max'} {_fmt(m['extreme'], '.3f')} at "
-                f"{m['extreme_step']}</td>"
-            )
-        p.append(f"<tr><td>{_e(model)}</td>{''.join(cells)}<td>{_e(_verdict(ms))}</td></tr>")
-    p.append("</table>")
-    p.append(
-        f"<figure><img src='{FIGURE}.svg' alt='symmetry diagnostics against training step'>"
-        "<figcaption>Per model (columns), against the optimiser step: training loss per epoch "
-        "and the test one-step SMSE of each checkpoint; median transformed error E_g and "
-        "defect D_g per element; median Frobenius-normalised and cosine influence diagonal "
-        "per element. Dotted lines: half-way steps. "
-        f"(<a href='{FIGURE}.png'>PNG</a>, <a href='{FIGURE}.svg'>SVG</a>)</figcaption>"
-        "</figure>"
-    )
-    for model, v in numbers["models"].items():
-        c = v["curves"]
-        p.append(
-            f"<h2>{_e(model)}: every checkpoint</h2><table><tr><th>step</th><th>epoch</th>"
-            "<th>test one-step SMSE</th><th>mean log10 E_g</th><th>mean log10 D_g</th>"
-            "<th>Frobenius diagonal</th><th>cosine diagonal</th></tr>"
-        )
-        o = c["orbit"]
-        for k, step in enumerate(c["steps"]):
-            p.append(
-                f"<tr><td class='num'>{step}</td><td class='num'>{c['epochs'][k]}</td>"
-                f"<td class='num'>{_fmt(c['test_one_step'][k])}</td>"
-                f"<td class='num'>{_fmt(o['log_error'][k], '.3f')}</td>"
-                f"<td class='num'>{_fmt(o['log_defect'][k], '.3f')}</td>"
-                f"<td class='num'>{_fmt(o['frobenius'][k], '.3f')}</td>"
-                f"<td class='num'>{_fmt(o['cosine'][k], '.3f')}</td></tr>"
-            )
-        p.append("</table>")
-    p.append("<h2>Sources</h2><ul>")
-    p += [f"<li><code>{_e(a)}</code></li>" for a in numbers["audits"]]
-    p.append(
-        f"</ul><p>All numbers of this page are in <a href='{FIGURE}.json'>{FIGURE}.json</a>."
-        "</p></body></html>"
-    )
-    return "\n".join(p)
