@@ -32,6 +32,7 @@ import numpy as np
 
 from symaudit._io import atomic_write_json, check_output_dir, read_tagged_json, tree_digests
 from symaudit.diagnostics.audit import AuditError, AuditRecord, load_audit, settings_digest
+from symaudit.diagnostics.audit import _settings as _audit_settings
 from symaudit.diagnostics.settings import AuditSettings
 
 __all__ = [
@@ -205,10 +206,8 @@ def _split_settings(
     """(the audit's settings, `run_audit`'s other options) from ``audit_checkpoints``'s
     ``groups`` and keywords; validated here, before any checkpoint is audited."""
     run_options = {k: v for k, v in audit_kwargs.items() if k in _NOT_SETTINGS}
-    if not isinstance(groups, AuditSettings):
-        fields_ = {k: v for k, v in audit_kwargs.items() if k not in _NOT_SETTINGS}
-        groups = AuditSettings(groups=groups, **fields_)
-    return groups, run_options
+    fields_ = {k: v for k, v in audit_kwargs.items() if k not in _NOT_SETTINGS}
+    return _audit_settings(groups, fields_), run_options
 
 
 def _audited(index_path: Path, run: Path, overwrite: bool) -> dict[str, dict]:
