@@ -104,14 +104,14 @@ def test_resume_after_an_interruption_is_bitwise_identical(data_dir, tmp_path):
 
 def test_sigkilled_cli_run_resumes_to_the_same_parameters(data_dir, tmp_path):
     cfg = _config(data_dir, epochs=5)
-    # one thread here (fixture) and in the subprocess: the same summation order
+    # as many threads here (fixture) as in the subprocess: the same summation order
     reference = train(cfg, tmp_path / "reference", progress=False)
     run = tmp_path / "killed"
     cmd = [sys.executable, "-c", "from symaudit.cli import main; main()", "train"]
     cmd += ["--model", cfg.model, "--data", str(data_dir), "--out", str(run)]
     cmd += ["--epochs", "5", "--batch-size", "8", "--lr", "0.01", "--val-fraction", "0.25"]
     cmd += ["--checkpoint-every", "1", "--quiet"]  # kills may land mid-epoch too
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same order as here
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics = run / "metrics.jsonl"
     deadline = time.monotonic() + 60

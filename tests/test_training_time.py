@@ -93,7 +93,7 @@ def test_sigkilled_run_resumes_to_exactly_the_scheduled_checkpoints(data_dir, tm
     run = tmp_path / "killed"
     args = ["train", "--model", cfg.model, "--data", str(data_dir), "--out", str(run)]
     args += ["--epochs", "3", "--batch-size", "8", "--lr", "0.01", "--val-fraction", "0.25"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same order as here
     main = [sys.executable, "-c", "from symaudit.cli import main; main()"]
     proc = subprocess.Popen([*main, *args, "--keep", keep, "--quiet"], env=env)
     # kill once step 8 (epoch 2, batch 2) is kept: after epoch 1's checkpoint, so the resume
