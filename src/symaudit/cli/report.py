@@ -15,7 +15,7 @@ def report(
     audits: Annotated[list[Path], typer.Argument(help="Audit directories (symaudit audit --out).")],
     out: Annotated[Path, typer.Option(help="Report directory (index.html, figures, report.json).")],
 ) -> None:
-    """Write the paper's figures (PNG + SVG), the findings F1-F5 and index.html for AUDITS.
+    """Write the paper's figures (PNG + SVG), the findings F1-F8 and index.html for AUDITS.
 
     Models are pooled over seeds and test mini-batches; every number shown is also in
     OUT/report.json. See docs/reproduce.md for the criteria of the findings.

@@ -125,6 +125,8 @@ class ModelData:
 class StudyData:
     models: list[ModelData]
     resolution: list[int]
+    # seed -> the study restricted to that seed's audits; empty when all audits share a seed
+    per_seed: dict[int, StudyData] = field(default_factory=dict)
 
     def by_arch(self, arch: str) -> ModelData | None:
         return next((m for m in self.models if m.architecture == arch), None)
@@ -275,13 +277,23 @@ def _check_distinct_checkpoints(records: list) -> None:
 
 
 def collect(audit_dirs: Sequence[str | os.PathLike]) -> StudyData:
-    """Load audits and pool them per model preset (models ordered UNet, ViT, G-CNN)."""
-    from symaudit.diagnostics.shifts import natural_period
-
+    """Load audits and pool them per model preset (models ordered UNet, ViT, G-CNN). With
+    several seeds, ``per_seed`` also holds each seed's audits pooled alone, so a verdict can
+    be checked seed by seed."""
     records = [load_audit(d) for d in unique_dirs(audit_dirs)]
     if not records:
         raise ValueError("no audit directories given")
     _check_distinct_checkpoints(records)
+    study = _pool(records)
+    seeds = sorted({rec.seed for rec in records})
+    if len(seeds) > 1:
+        study.per_seed = {s: _pool([r for r in records if r.seed == s]) for s in seeds}
+    return study
+
+
+def _pool(records: list[AuditRecord]) -> StudyData:
+    from symaudit.diagnostics.shifts import natural_period
+
     models: dict[str, ModelData] = {}
     parts: dict[tuple[str, str], dict[str, list]] = {}
     resolution: list[int] = []
@@ -758,7 +770,28 @@ def _robustness(labels: list[str], statuses: list[str]) -> str:
 
 def findings(study: StudyData) -> list[dict[str, str]]:
     """The paper's findings F1–F8 judged on this study, each with its criterion, its numbers
-    per family, its verdict at the main damping and whether it holds at every damping."""
+    per family, its verdict at the main damping, whether it holds at every damping and
+    (``seeds``) in every seed's audits judged alone."""
+    rows = _judge(study)
+    if not study.per_seed:
+        seeds = sorted({s for m in study.models for s in m.seeds})
+        for row in rows:
+            row["seeds"] = f"one seed ({', '.join(map(str, seeds))})"
+        return rows
+    per = {s: {f["id"]: f["status"] for f in _judge(sub)} for s, sub in study.per_seed.items()}
+    for row in rows:
+        row["seeds"] = _seed_robustness({s: p[row["id"]] for s, p in per.items()})
+    return rows
+
+
+def _seed_robustness(statuses: dict[int, str]) -> str:
+    """Whether the verdict "reproduced" holds in every seed (where testable), some, or none."""
+    ok = [st == "reproduced" for st in statuses.values() if st != "not testable"]
+    word = "every seed" if ok and all(ok) else ("some seeds" if any(ok) else "no seed")
+    return f"reproduced in {word}: " + "; ".join(f"seed {s}: {st}" for s, st in statuses.items())
+
+
+def _judge(study: StudyData) -> list[dict[str, str]]:
     rows = _f1_f2(study)
     rows.append(_influence_row(study, "F3"))
     rows.append(_f4(study))
