@@ -374,9 +374,8 @@ def test_each_verdict_is_also_judged_seed_by_seed(tmp_path):
     assert alone[1]["F1"] == alone[1]["F2"] == "not reproduced"
     for f in pooled:
         listed = "; ".join(f"seed {k}: {alone[k][f['id']]}" for k in (0, 1))
-        word = "every seed" if all(alone[k][f["id"]] == "reproduced" for k in (0, 1)) else (
-            "some seeds"
-        )
+        held = all(alone[k][f["id"]] == "reproduced" for k in (0, 1))
+        word = "every seed" if held else "some seeds"
         assert f["seeds"] == f"reproduced in {word}: {listed}", f
     assert {f["id"] for f in pooled if "some seeds" in f["seeds"]} == {"F1", "F2"}
     assert all(f["seeds"] == "one seed (0)" for f in findings(collect(s0)))
