@@ -185,12 +185,12 @@ def _study(
         )
     )
     # ViT: 0.5x (or 2x) untransformed, 1.25x transformed; half the UNet's shift error with a
-    # one-state spike at 5 and a bump at 6 (no influence resonance there); D4 influence ~0;
-    # shift influence decaying from s = 0
+    # one-state spike at 5 and a bump at 7 that every state shares (no influence resonance
+    # there); D4 influence ~0; shift influence decaying from s = 0
     if vit_spike is None:
         vit_spike = np.full((RES, n), 0.5)
         vit_spike[5, ::N] = 2.5  # the first state of every family
-        vit_spike[6] = 0.6
+        vit_spike[7] = 0.6
     vit_inf = np.where(s == 0, 1.0, 0.3 / (1 + s))
     if vit_d4_influence is None:
         vit_d4_influence = np.vstack([np.ones(n)] + [rng.uniform(-0.01, 0.01, n) for _ in range(7)])
@@ -415,6 +415,40 @@ def test_f6_f7_fail_when_the_architectures_swap(tmp_path):
                 eq.group["spec"] = _gspec(f"shift-{axis}")
                 eq.save(path)
     assert _status(dirs)["F7"] == "not reproduced"
+
+
+def test_a_peak_is_a_rise_most_states_share_not_a_maximum_of_their_median():
+    """iid state-to-state scatter makes local maxima of the per-shift median (candidates)
+    but no peak; a rise every state shares is one, and so is one most states share."""
+    from symaudit.report.findings import _peaks
+
+    rng = np.random.default_rng(3)
+    keep = np.ones(9, dtype=bool)
+    noise = rng.uniform(1.0, 2.0, size=(9, 8))
+    sig, cand = _peaks(noise, keep)
+    assert cand and not sig
+    shared = rng.uniform(1.0, 2.0, size=8) * (1 + 0.01 * rng.uniform(size=(9, 8)))
+    shared[4] *= 1.2
+    assert _peaks(shared, keep)[0] == {4}
+    shared[4, :2] /= 1.5  # 6 of 8 states rise: p = 37/256 > 0.05, no longer a peak
+    assert _peaks(shared, keep)[0] == set()
+    shared[4, 1] *= 1.5  # 7 of 8: p = 9/256
+    assert _peaks(shared, keep)[0] == {4}
+
+
+def test_f8_fails_when_the_error_peaks_are_scatter(tmp_path):
+    """The fixture's error bumps (every state) make F8 hold; iid scatter of the states'
+    shift errors instead leaves maxima of the medians but no peaks, so F8 fails."""
+    dirs = _study(tmp_path / "p", vit_better=True)
+    assert _status(dirs)["F8"] == "reproduced"
+    rng = np.random.default_rng(11)
+    for d in dirs[:2]:
+        for path in d.glob("shift-*/*/equivariance.pt"):
+            eq = EquivarianceResult.load(path)
+            eq.error = torch.as_tensor(rng.uniform(1.0, 2.0, size=tuple(eq.error.shape)))
+            eq.save(path)
+    f8 = next(f for f in findings(collect(dirs)) if f["id"] == "F8")
+    assert f8["status"] == "not reproduced" and "error peaks at []" in f8["numbers"]
 
 
 def test_a_defective_control_fails_f5(tmp_path):

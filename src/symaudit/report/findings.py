@@ -498,6 +498,8 @@ _CLAIMS = {
 VANISH = 0.9
 #: F4: the ViT's spike index must exceed the UNet's by this factor
 SPIKE = 1.1
+#: F8: level of the paired sign test that makes a local maximum of a profile a peak
+PEAK_LEVEL = 0.05
 
 
 def _f1_f2(study: StudyData) -> list[dict[str, str]]:
@@ -670,18 +672,31 @@ def _f7(study: StudyData) -> tuple[dict[str, bool], str] | None:
     return per, "median over s≠0 of the per-shift median M^g_ii/||M^g||_F: " + "; ".join(txt)
 
 
-def _peaks(vals: np.ndarray, keep: np.ndarray) -> set[int]:
-    """Indices (among ``keep``) of strict local maxima above the median of the kept values."""
+def _sign_p(a: np.ndarray, b: np.ndarray) -> float:
+    """One-sided paired sign-test p-value of a > b over states `(N,)`; ties count against."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(int((a > b).sum()), a.size, 0.5, alternative="greater").pvalue)
+
+
+def _peaks(rows: np.ndarray, keep: np.ndarray) -> tuple[set[int], set[int]]:
+    """Peaks of the per-shift median of ``rows`` `(S, N)` (N states), indices among ``keep``:
+    (significant, candidates). A candidate is a strict local maximum of the medians above
+    their median; it is significant if each neighbour is below it in most states (paired
+    sign test at level PEAK_LEVEL). A maximum of the median that the states do not share is
+    the median's sampling noise, not a feature of the model's profile."""
     idx = np.flatnonzero(keep)
-    v = vals[idx]
-    med = np.median(v)
-    out = set()
+    v = rows[idx]
+    med = np.median(v, axis=1)
+    level = np.median(med)
+    cand, sig = set(), set()
     for j in range(len(idx)):
-        left = v[j - 1] if j > 0 else -np.inf
-        right = v[j + 1] if j + 1 < len(idx) else -np.inf
-        if v[j] > med and v[j] > left and v[j] > right:
-            out.add(int(idx[j]))
-    return out
+        nb = [k for k in (j - 1, j + 1) if 0 <= k < len(idx)]
+        if med[j] > level and all(med[j] > med[k] for k in nb):
+            cand.add(int(idx[j]))
+            if all(_sign_p(v[j], v[k]) <= PEAK_LEVEL for k in nb):
+                sig.add(int(idx[j]))
+    return sig, cand
 
 
 def _f8(study: StudyData) -> tuple[dict[str, bool], str] | None:
@@ -693,19 +708,25 @@ def _f8(study: StudyData) -> tuple[dict[str, bool], str] | None:
                 continue
             g = m.groups[kind]
             pos = [g.shifts.index(s) for s in g.inf_shifts]  # error rows at influence shifts
-            err = _family_rows(g, g.error[pos])
-            inf = _family_rows(g, g.frobenius)
             nz = np.asarray(g.inf_shifts) != 0
-            for f in sorted(set(err) & set(inf)):
-                ep, ip = _peaks(err[f], nz), _peaks(inf[f], nz)
+            n = g.error.shape[1]
+            for f in sorted(set(g.families) or {"all"}):
+                cols = _fam_mask(g, n, f)
+                (ep, ec), (ip, ic) = (
+                    _peaks(g.error[pos][:, cols], nz),
+                    _peaks(g.frobenius[:, cols], nz),
+                )
                 hit = sorted(ep & ip)
                 c = per.setdefault(f, [0, 0])
                 c[0] += len(hit)
                 c[1] += len(ep) - len(hit)
+                at = g.inf_shifts
                 txt.append(
                     f"{ARCH_LABEL[m.architecture]} {kind} {f}: error peaks at "
-                    f"{[g.inf_shifts[i] for i in sorted(ep)]}, resonances at "
-                    f"{[g.inf_shifts[i] for i in sorted(ip)]}"
+                    f"{[at[i] for i in sorted(ep)]} (not significant: "
+                    f"{[at[i] for i in sorted(ec - ep)]}), resonances at "
+                    f"{[at[i] for i in sorted(ip)]} (not significant: "
+                    f"{[at[i] for i in sorted(ic - ip)]})"
                 )
     if not per:
         return None
@@ -736,8 +757,10 @@ _INFLUENCE = {
     "F8": (
         _f8,
         "per family, pooled over UNet/ViT and both axes, on the influence shifts s ≠ 0: a "
-        "peak is a strict local maximum above the median of the per-shift medians; at least "
-        "one error peak at an influence resonance and at least one elsewhere",
+        "peak is a strict local maximum of the per-shift medians above their median that "
+        "each neighbour is below in most states (one-sided paired sign test over the "
+        f"family's states, p ≤ {PEAK_LEVEL}); at least one error peak at an influence "
+        "resonance and at least one elsewhere",
     ),
 }
 
