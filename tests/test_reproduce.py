@@ -241,6 +241,32 @@ def test_changed_settings_redo_dependent_units_only(study, tmp_path):
     assert os.path.getsize(copy / "report" / "index.html") > 0
 
 
+def test_new_report_code_redoes_the_report_only(study, tmp_path, monkeypatch):
+    """The report unit's digest covers the report package's sources and templates (not its
+    bytecode): a report judged by other criteria is redone, its audits are not."""
+    import symaudit.pipeline.run as run
+
+    pkg = tmp_path / "pkg"
+    (pkg / "templates").mkdir(parents=True)
+    (pkg / "findings.py").write_text("LEVEL = 0.05\n")
+    (pkg / "templates" / "page.html.j2").write_text("{{ x }}")
+    first = run._report_code(pkg)
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "findings.cpython-311.pyc").write_bytes(b"\0")
+    assert run._report_code(pkg) == first
+    (pkg / "findings.py").write_text("LEVEL = 0.01\n")
+    assert run._report_code(pkg) != first
+    (pkg / "findings.py").write_text("LEVEL = 0.05\n")
+    (pkg / "templates" / "page.html.j2").write_text("{{ y }}")
+    assert run._report_code(pkg) != first
+
+    out, _ = study
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    monkeypatch.setattr(run, "_report_code", lambda: "other criteria")
+    assert reproduce("micro", copy, progress=False).ran == ["report"]
+
+
 def test_damping_sweep_is_relative_to_the_spectrum(study, tmp_path):
     out, _ = study
     sweep_spec = ("auto:0.1", "auto:0.3", "auto:1")  # large lambdas: few CG iterations

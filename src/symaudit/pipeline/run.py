@@ -295,11 +295,22 @@ def audit_unit(
     )
 
 
+def _report_code(root: Path | None = None) -> str:
+    """Digest of the report package's sources and templates (``root``: that package's
+    directory): a report judged by other criteria is stale though its audits are not."""
+    if root is None:
+        import symaudit.report
+
+        root = Path(symaudit.report.__file__).parent
+    files = tree_digests(root)
+    return json_digest({k: v for k, v in files.items() if k.endswith((".py", ".j2"))})
+
+
 def _report_unit(audits: list[Path], out: Path) -> Unit:
     return Unit(
         stage="report",
         name="report",
-        settings={"audits": [str(a.relative_to(out)) for a in audits]},
+        settings={"audits": [str(a.relative_to(out)) for a in audits], "code": _report_code()},
         inputs=[f"audit/{a.name}" for a in audits],
         output=out / "report",
         cost=1.0,
